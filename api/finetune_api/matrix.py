@@ -1,0 +1,48 @@
+"""Which task x method pairs the trainer supports, and why the others are refused."""
+
+from __future__ import annotations
+
+from typing import get_args
+
+from finetune_api.spec import MethodType, TaskType
+
+TASKS: tuple[str, ...] = get_args(TaskType)
+METHODS: tuple[str, ...] = get_args(MethodType)
+
+# Each refused pair with the reason a person reads, and what to use instead.
+UNSUPPORTED: dict[tuple[str, str], str] = {
+    ("causal-lm", "feature-extraction"): (
+        "a causal LM has no separate head to train: its output layer is tied to the input embeddings, "
+        "so freezing the base leaves nothing to learn; use lora, qlora or prompt-tuning"
+    ),
+    ("preference", "feature-extraction"): (
+        "DPO shifts the whole policy's token probabilities, which a frozen base with no head cannot do; "
+        "use lora or qlora"
+    ),
+    ("question-answering", "prompt-tuning"): (
+        "virtual tokens prepended to the input shift every position, which breaks the offset mapping that "
+        "extractive answers are read from; use lora or qlora"
+    ),
+    ("token-classification", "prompt-tuning"): (
+        "virtual tokens prepended to the input shift the word-to-token alignment the labels rely on; use lora or qlora"
+    ),
+}
+
+
+def unsupported_reason(task: str, method: str) -> str | None:
+    """Why a task x method pair is refused, or None when it is supported."""
+    return UNSUPPORTED.get((task, method))
+
+
+def supported_pairs() -> list[tuple[str, str]]:
+    """Every supported (task, method) pair, in a stable order."""
+    return [(t, m) for t in TASKS for m in METHODS if (t, m) not in UNSUPPORTED]
+
+
+def matrix_markdown() -> str:
+    """The support matrix as a Markdown table (for the README)."""
+    lines = ["| task | " + " | ".join(METHODS) + " |", "|---|" + "---|" * len(METHODS)]
+    for task in TASKS:
+        cells = ["yes" if (task, m) not in UNSUPPORTED else "no" for m in METHODS]
+        lines.append(f"| {task} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
