@@ -76,3 +76,12 @@ def test_immutable_fields_have_transition_rules() -> None:
     rules = {r["rule"] for r in spec["x-kubernetes-validations"]}
     for field in ("model", "task", "dataset", "method"):
         assert f"self.{field} == oldSelf.{field}" in rules
+
+
+def test_readme_api_reference_is_fresh() -> None:
+    from finetune_api.reference import README, updated_readme
+
+    text = README.read_text()
+    assert updated_readme(text) == text, (
+        "the README's API reference is stale: run `python -m finetune_api.reference --write`"
+    )

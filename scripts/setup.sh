@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Set up this checkout for development on a fresh machine: a virtual environment in
+# .venv with the API, operator, trainer and dev dependencies at the versions pinned in
+# constraints.txt. Safe to run again; pip's cache makes later runs fast.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+
+python="${PYTHON:-python3}"
+"$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))' || {
+  echo "setup.sh: Python 3.11 or newer is needed (found $("$python" --version 2>&1))" >&2
+  exit 1
+}
+[[ -x .venv/bin/python ]] || "$python" -m venv .venv
+.venv/bin/python -m pip install -q --disable-pip-version-check --upgrade "pip==26.3"
+.venv/bin/python -m pip install -q --disable-pip-version-check -c constraints.txt -e ".[operator,trainer,dev]"
+echo "setup.sh: .venv ready ($(.venv/bin/python --version))"
