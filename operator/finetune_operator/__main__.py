@@ -1,0 +1,3 @@
+from finetune_operator.main import main
+
+raise SystemExit(main())

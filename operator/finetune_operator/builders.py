@@ -1,0 +1,316 @@
+"""Pure functions from a FineTuneJob to the Kubernetes objects that run it.
+
+Nothing here talks to the API server: every function takes the parent's identity, its
+validated spec and the operator settings, and returns plain manifests (dicts). The
+handlers create what is missing; golden tests pin the output.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+
+from finetune_api.distributed import deepspeed_config, world_size
+from finetune_api.spec import FineTuneJobSpec, wire
+from finetune_api.validation import API_GROUP, API_VERSION, KIND
+from finetune_operator.settings import OperatorSettings
+
+CONFIG_DIR = "/etc/finetune"
+WORKSPACE = "/workspace"
+JOB_LABEL = f"{API_GROUP}/job"
+KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+COMPLETION_INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
+TRAINER_CONTAINER = "trainer"
+# Exit codes the trainer declares permanent (finetune_trainer.errors): 3 bad spec, 4 bad data.
+PERMANENT_EXIT_CODES = [3, 4]
+
+
+@dataclass(frozen=True)
+class Parent:
+    """Identity of the FineTuneJob that owns the rendered objects."""
+
+    name: str
+    namespace: str
+    uid: str
+
+    def owner_reference(self) -> dict[str, Any]:
+        return {
+            "apiVersion": f"{API_GROUP}/{API_VERSION}",
+            "kind": KIND,
+            "name": self.name,
+            "uid": self.uid,
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }
+
+
+def labels(parent: Parent, settings: OperatorSettings) -> dict[str, str]:
+    """Labels every child carries; the operator finds children (and their pods) by them."""
+    return {
+        **settings.extra_labels,
+        "app.kubernetes.io/name": "finetune-trainer",
+        "app.kubernetes.io/managed-by": "finetune-operator",
+        "app.kubernetes.io/instance": parent.name,
+        JOB_LABEL: parent.name,
+    }
+
+
+def _metadata(name: str, parent: Parent, settings: OperatorSettings) -> dict[str, Any]:
+    return {
+        "name": name,
+        "namespace": parent.namespace,
+        "labels": labels(parent, settings),
+        "ownerReferences": [parent.owner_reference()],
+    }
+
+
+def child_names(parent: Parent) -> dict[str, str]:
+    """Names of the children: deterministic, so a restarted operator finds what exists."""
+    return {
+        "config": f"{parent.name}-config",
+        "service": parent.name,  # pods resolve as <job>-<index>.<service>
+        "job": parent.name,
+        "serviceAccount": f"{parent.name}-trainer",
+        "role": f"{parent.name}-trainer",
+    }
+
+
+def build_config_map(parent: Parent, spec: FineTuneJobSpec, settings: OperatorSettings) -> dict[str, Any]:
+    """The resolved spec (every default filled) the trainer reads, plus generated configs."""
+    manifest = {
+        "apiVersion": f"{API_GROUP}/{API_VERSION}",
+        "kind": KIND,
+        "metadata": {"name": parent.name, "namespace": parent.namespace},
+        "spec": wire(spec),
+    }
+    data = {"job.yaml": yaml.safe_dump(manifest, sort_keys=False)}
+    ds = deepspeed_config(spec)
+    if ds is not None:
+        data["deepspeed.json"] = json.dumps(ds, indent=2, sort_keys=True)
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": _metadata(child_names(parent)["config"], parent, settings),
+        "data": data,
+    }
+
+
+def build_service(parent: Parent, settings: OperatorSettings) -> dict[str, Any]:
+    """Headless Service giving each pod a stable DNS name for the torchrun rendezvous."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _metadata(child_names(parent)["service"], parent, settings),
+        "spec": {
+            "clusterIP": "None",
+            "publishNotReadyAddresses": True,  # pod 0 must resolve before it is Ready
+            "selector": {JOB_LABEL: parent.name},
+            "ports": [{"name": "rendezvous", "port": settings.master_port, "targetPort": settings.master_port}],
+        },
+    }
+
+
+def build_rbac(parent: Parent, settings: OperatorSettings) -> list[dict[str, Any]]:
+    """ServiceAccount, Role and RoleBinding letting the pods patch their own job's status only."""
+    names = child_names(parent)
+    return [
+        {
+            "apiVersion": "v1",
+            "kind": "ServiceAccount",
+            "metadata": _metadata(names["serviceAccount"], parent, settings),
+        },
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "Role",
+            "metadata": _metadata(names["role"], parent, settings),
+            "rules": [
+                {
+                    "apiGroups": [API_GROUP],
+                    "resources": ["finetunejobs/status"],
+                    "resourceNames": [parent.name],
+                    "verbs": ["get", "patch"],
+                },
+                {
+                    "apiGroups": [API_GROUP],
+                    "resources": ["finetunejobs"],
+                    "resourceNames": [parent.name],
+                    "verbs": ["get"],
+                },
+            ],
+        },
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "RoleBinding",
+            "metadata": _metadata(names["role"], parent, settings),
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": names["role"]},
+            "subjects": [{"kind": "ServiceAccount", "name": names["serviceAccount"], "namespace": parent.namespace}],
+        },
+    ]
+
+
+def launcher_args(parent: Parent, spec: FineTuneJobSpec, settings: OperatorSettings) -> list[str]:
+    """torchrun arguments; the node rank comes from PET_NODE_RANK (the completion index)."""
+    names = child_names(parent)
+    nproc = max(spec.resources.gpus_per_node, 1)
+    args = [
+        f"--nnodes={spec.resources.nodes}",
+        f"--nproc-per-node={nproc}",
+        f"--master-addr={names['job']}-0.{names['service']}",
+        f"--master-port={settings.master_port}",
+        "-m",
+        "finetune_trainer",
+        "run",
+        f"--config={CONFIG_DIR}/job.yaml",
+        f"--output-dir={WORKSPACE}/output",
+    ]
+    if deepspeed_config(spec) is not None:
+        args.append(f"--deepspeed-config={CONFIG_DIR}/deepspeed.json")
+    return args
+
+
+def _env(parent: Parent, spec: FineTuneJobSpec, settings: OperatorSettings) -> list[dict[str, Any]]:
+    env: list[dict[str, Any]] = [
+        {
+            "name": "PET_NODE_RANK",
+            "valueFrom": {"fieldRef": {"fieldPath": f"metadata.annotations['{COMPLETION_INDEX_ANNOTATION}']"}},
+        },
+        {"name": "FTJ_NAME", "value": parent.name},
+        {"name": "FTJ_NAMESPACE", "value": parent.namespace},
+        {"name": "FTJ_WORLD_SIZE", "value": str(world_size(spec))},
+        {"name": "HF_HOME", "value": f"{WORKSPACE}/cache/huggingface"},
+        {"name": "PYTHONUNBUFFERED", "value": "1"},
+    ]
+    if spec.model.token_secret_ref is not None:
+        ref = spec.model.token_secret_ref
+        env.append({"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}})
+    s3 = spec.output.s3
+    endpoint = (s3.endpoint if s3 else None) or settings.default_s3_endpoint
+    if endpoint:
+        env.append({"name": "AWS_ENDPOINT_URL_S3", "value": endpoint})
+    if s3 is not None:
+        env.append({"name": "AWS_DEFAULT_REGION", "value": s3.region})
+    creds = s3.credentials_secret_ref if s3 else None
+    secret = creds.name if creds else settings.default_s3_credentials_secret
+    if secret:
+        id_key = creds.access_key_id_key if creds else "AWS_ACCESS_KEY_ID"
+        key_key = creds.secret_access_key_key if creds else "AWS_SECRET_ACCESS_KEY"
+        env.append({"name": "AWS_ACCESS_KEY_ID", "valueFrom": {"secretKeyRef": {"name": secret, "key": id_key}}})
+        env.append({"name": "AWS_SECRET_ACCESS_KEY", "valueFrom": {"secretKeyRef": {"name": secret, "key": key_key}}})
+    return env
+
+
+def _resources(spec: FineTuneJobSpec) -> dict[str, Any]:
+    r = spec.resources
+    amounts: dict[str, Any] = {"cpu": r.cpu, "memory": r.memory}
+    if r.gpus_per_node > 0:
+        amounts["nvidia.com/gpu"] = str(r.gpus_per_node)
+    return {"requests": dict(amounts), "limits": dict(amounts)}
+
+
+def _volumes(parent: Parent, spec: FineTuneJobSpec) -> list[dict[str, Any]]:
+    workspace: dict[str, Any] = (
+        {"persistentVolumeClaim": {"claimName": spec.resources.volume_claim_name}}
+        if spec.resources.volume_claim_name
+        else {"emptyDir": {}}
+    )
+    return [
+        {"name": "config", "configMap": {"name": child_names(parent)["config"]}},
+        {"name": "workspace", **workspace},
+        {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": spec.resources.shm_size}},
+    ]
+
+
+def build_job(parent: Parent, spec: FineTuneJobSpec, settings: OperatorSettings) -> dict[str, Any]:
+    """The Indexed batch/v1 Job: one pod per node, each running torchrun over its GPUs."""
+    names = child_names(parent)
+    r = spec.resources
+    rp = spec.run_policy
+    job_labels = labels(parent, settings)
+    if rp.queue_name:
+        job_labels[KUEUE_QUEUE_LABEL] = rp.queue_name
+    pod_spec: dict[str, Any] = {
+        "restartPolicy": "Never",  # podFailurePolicy needs it; the Job recreates failed pods
+        "subdomain": names["service"],
+        "serviceAccountName": names["serviceAccount"],
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": settings.run_as_user,
+            "runAsGroup": settings.run_as_user,
+            "fsGroup": settings.run_as_user,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "containers": [
+            {
+                "name": TRAINER_CONTAINER,
+                "image": r.image or settings.trainer_image,
+                "imagePullPolicy": settings.image_pull_policy,
+                "command": ["torchrun"],
+                "args": launcher_args(parent, spec, settings),
+                "env": _env(parent, spec, settings),
+                "ports": [{"name": "rendezvous", "containerPort": settings.master_port}],
+                "resources": _resources(spec),
+                "securityContext": {
+                    "allowPrivilegeEscalation": False,
+                    "capabilities": {"drop": ["ALL"]},
+                },
+                "volumeMounts": [
+                    {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
+                    {"name": "workspace", "mountPath": WORKSPACE},
+                    {"name": "dshm", "mountPath": "/dev/shm"},
+                ],
+            }
+        ],
+        "volumes": _volumes(parent, spec),
+    }
+    if r.node_selector:
+        pod_spec["nodeSelector"] = dict(r.node_selector)
+    if r.tolerations:
+        pod_spec["tolerations"] = [wire(t) for t in r.tolerations]
+    if r.priority_class_name:
+        pod_spec["priorityClassName"] = r.priority_class_name
+    job_spec: dict[str, Any] = {
+        "completionMode": "Indexed",
+        "completions": r.nodes,
+        "parallelism": r.nodes,
+        "backoffLimit": rp.backoff_limit,
+        "suspend": rp.suspend,
+        "podFailurePolicy": {
+            "rules": [
+                # Preemption, node drain, eviction: not the job's fault, do not count it.
+                {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
+                # The trainer said the spec or the data is wrong: retrying cannot help.
+                {
+                    "action": "FailJob",
+                    "onExitCodes": {
+                        "containerName": TRAINER_CONTAINER,
+                        "operator": "In",
+                        "values": PERMANENT_EXIT_CODES,
+                    },
+                },
+            ]
+        },
+        "template": {"metadata": {"labels": labels(parent, settings)}, "spec": pod_spec},
+    }
+    if rp.active_deadline_seconds is not None:
+        job_spec["activeDeadlineSeconds"] = rp.active_deadline_seconds
+    if rp.ttl_seconds_after_finished is not None:
+        job_spec["ttlSecondsAfterFinished"] = rp.ttl_seconds_after_finished
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {**_metadata(names["job"], parent, settings), "labels": job_labels},
+        "spec": job_spec,
+    }
+
+
+def build_children(parent: Parent, spec: FineTuneJobSpec, settings: OperatorSettings) -> list[dict[str, Any]]:
+    """Every object a FineTuneJob needs, in creation order (the Job last)."""
+    return [
+        build_config_map(parent, spec, settings),
+        build_service(parent, settings),
+        *build_rbac(parent, settings),
+        build_job(parent, spec, settings),
+    ]

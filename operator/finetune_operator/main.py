@@ -1,0 +1,49 @@
+"""Entry point: ``finetune-operator`` (or ``python -m finetune_operator``) runs the kopf operator."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+import kopf
+from prometheus_client import start_http_server
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="finetune-operator", description="Run the FineTuneJob operator.")
+    scope = p.add_mutually_exclusive_group()
+    scope.add_argument("--all-namespaces", action="store_true", help="watch FineTuneJobs in every namespace")
+    scope.add_argument("--namespace", action="append", default=[], help="watch this namespace (repeatable)")
+    p.add_argument("--metrics-port", type=int, default=8080, help="Prometheus metrics port (0: off)")
+    p.add_argument("--health-port", type=int, default=8081, help="liveness endpoint port, /healthz (0: off)")
+    p.add_argument("--peering", default="finetune-operator", help="kopf peering name shared by the replicas")
+    p.add_argument("--standalone", action="store_true", help="no peering (a single replica, or tests)")
+    p.add_argument("--verbose", action="store_true")
+    args = p.parse_args(argv)
+    if not args.all_namespaces and not args.namespace:
+        p.error("give --all-namespaces or at least one --namespace")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    from finetune_operator import handlers  # noqa: F401  (registers the handlers)
+
+    if args.metrics_port:
+        start_http_server(args.metrics_port, addr="0.0.0.0")
+    kopf.run(
+        clusterwide=args.all_namespaces,
+        namespaces=args.namespace,
+        standalone=args.standalone,
+        peering_name=args.peering,
+        liveness_endpoint=f"http://0.0.0.0:{args.health_port}/healthz" if args.health_port else None,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,35 @@
+"""Operator-wide settings, read once from the environment (the Helm chart sets them)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class OperatorSettings:
+    """What every rendered job shares: the default image and the defaults behind the spec."""
+
+    trainer_image: str = "ghcr.io/kube-finetune/trainer:0.1.0"
+    image_pull_policy: str = "IfNotPresent"
+    # Used when a spec's output.s3 leaves them empty (the cluster's S3 or MinIO).
+    default_s3_endpoint: str | None = None
+    default_s3_credentials_secret: str | None = None
+    master_port: int = 29500
+    # Uid the trainer runs as; the trainer image creates this user.
+    run_as_user: int = 1000
+    extra_labels: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> OperatorSettings:
+        """Settings from FTJ_* environment variables; unset ones keep their defaults."""
+        e = os.environ if env is None else env
+        base = cls()
+        return cls(
+            trainer_image=e.get("FTJ_TRAINER_IMAGE", base.trainer_image),
+            image_pull_policy=e.get("FTJ_IMAGE_PULL_POLICY", base.image_pull_policy),
+            default_s3_endpoint=e.get("FTJ_DEFAULT_S3_ENDPOINT") or None,
+            default_s3_credentials_secret=e.get("FTJ_DEFAULT_S3_CREDENTIALS_SECRET") or None,
+            master_port=int(e.get("FTJ_MASTER_PORT", base.master_port)),
+            run_as_user=int(e.get("FTJ_RUN_AS_USER", base.run_as_user)),
+        )
