@@ -21,7 +21,10 @@ from finetune_api.status import FineTuneJobStatus
 from finetune_api.validation import API_GROUP, API_VERSION, KIND
 
 PLURAL = "finetunejobs"
-CRD_PATH = Path(__file__).resolve().parents[2] / "crds" / "finetunejob.yaml"
+ROOT = Path(__file__).resolve().parents[2]
+CRD_PATH = ROOT / "crds" / "finetunejob.yaml"
+# The Helm chart ships the same file (Helm installs crds/ before the templates).
+CHART_CRD_PATH = ROOT / "charts" / "finetune-operator" / "crds" / "finetunejob.yaml"
 
 # Extra schema keys per (model class, wire field name).
 _EXTRA: dict[tuple[type, str], dict[str, Any]] = {
@@ -238,9 +241,10 @@ def render() -> str:
 def main(argv: list[str]) -> int:
     text = render()
     if "--write" in argv:
-        CRD_PATH.parent.mkdir(parents=True, exist_ok=True)
-        CRD_PATH.write_text(text)
-        print(f"wrote {CRD_PATH}")
+        for path in (CRD_PATH, CHART_CRD_PATH):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+            print(f"wrote {path}")
     else:
         sys.stdout.write(text)
     return 0

@@ -1,0 +1,124 @@
+"""The Helm chart: lint, golden `helm template`, the pinned RBAC, values validation, the CRD copy.
+
+Needs the helm binary that tests/cluster/build.sh installs (CI builds it before the tests).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+CHART = ROOT / "charts" / "finetune-operator"
+GOLDEN = Path(__file__).parent / "golden"
+
+
+def _helm() -> str:
+    versions = dict(
+        line.split("=", 1)
+        for line in (ROOT / "tests/cluster/versions.env").read_text().splitlines()
+        if "=" in line and not line.startswith("#")
+    )
+    path = ROOT / ".cache/cluster/bin" / f"helm-{versions['HELM_VERSION']}"
+    assert path.exists(), f"{path} is missing: run tests/cluster/build.sh helm"
+    return str(path)
+
+
+def helm(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([_helm(), *args], capture_output=True, text=True, check=check, timeout=60)
+
+
+def template(*sets: str) -> list[dict[str, Any]]:
+    args = ["template", "ftj", str(CHART), "-n", "finetune-system", "--kube-version", "1.36.0"]
+    for s in sets:
+        args += ["--set", s]
+    return [d for d in yaml.safe_load_all(helm(*args).stdout) if d]
+
+
+def test_helm_lint_is_clean() -> None:
+    out = helm("lint", "--strict", str(CHART), "--kube-version", "1.36.0")
+    assert "1 chart(s) linted, 0 chart(s) failed" in out.stdout
+
+
+@pytest.mark.parametrize(
+    ("case", "sets"),
+    [("cluster-wide", ()), ("namespaced", ("watchNamespaces={team-a,team-b}", "metrics.serviceMonitor.enabled=true"))],
+)
+def test_template_matches_golden(case: str, sets: tuple[str, ...]) -> None:
+    text = yaml.safe_dump_all(template(*sets), sort_keys=True)
+    path = GOLDEN / f"chart-{case}.yaml"
+    if os.environ.get("FTJ_UPDATE_GOLDEN"):
+        path.write_text(text)
+    assert text == path.read_text(), f"helm template differs from {path}; if intended rerun with FTJ_UPDATE_GOLDEN=1"
+
+
+EXPECTED_NAMESPACED_RULES = [
+    {"apiGroups": ["finetune.dev"], "resources": ["finetunejobs"], "verbs": ["get", "list", "watch", "patch"]},
+    {"apiGroups": ["finetune.dev"], "resources": ["finetunejobs/status"], "verbs": ["get", "patch"]},
+    {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": ["get", "list", "watch", "create", "patch"]},
+    {"apiGroups": [""], "resources": ["configmaps", "services", "serviceaccounts"], "verbs": ["get", "create"]},
+    {"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]},
+    {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]},
+    {"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["create"]},
+    {"apiGroups": ["rbac.authorization.k8s.io"], "resources": ["roles", "rolebindings"], "verbs": ["get", "create"]},
+    {"apiGroups": ["kopf.dev"], "resources": ["kopfpeerings"], "verbs": ["get", "list", "watch", "patch"]},
+]
+EXPECTED_CLUSTER_RULES = [
+    {"apiGroups": ["apiextensions.k8s.io"], "resources": ["customresourcedefinitions"], "verbs": ["list", "watch"]},
+    {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["list", "watch"]},
+    {"apiGroups": ["kopf.dev"], "resources": ["clusterkopfpeerings"], "verbs": ["get", "list", "watch", "patch"]},
+]
+
+
+def test_rbac_is_exactly_what_the_operator_uses() -> None:
+    docs = template()
+    (cluster_role,) = [d for d in docs if d["kind"] == "ClusterRole"]
+    assert cluster_role["rules"] == EXPECTED_CLUSTER_RULES + EXPECTED_NAMESPACED_RULES
+    assert not [d for d in docs if d["kind"] == "Role"]
+
+
+def test_namespaced_mode_grants_only_in_the_watched_namespaces() -> None:
+    docs = template("watchNamespaces={team-a,team-b}")
+    (cluster_role,) = [d for d in docs if d["kind"] == "ClusterRole"]
+    assert cluster_role["rules"] == EXPECTED_CLUSTER_RULES
+    roles = [d for d in docs if d["kind"] == "Role"]
+    assert sorted(r["metadata"]["namespace"] for r in roles) == ["team-a", "team-b"]
+    assert all(r["rules"] == EXPECTED_NAMESPACED_RULES for r in roles)
+    (deploy,) = [d for d in docs if d["kind"] == "Deployment"]
+    args = deploy["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--namespace=team-a" in args and "--namespace=team-b" in args and "--all-namespaces" not in args
+
+
+def test_operator_pod_is_locked_down() -> None:
+    (deploy,) = [d for d in template() if d["kind"] == "Deployment"]
+    pod = deploy["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert container["resources"]["limits"]
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("operator.replicas=0", "minimum"),
+        ("watchNamespaces={Bad_NS}", "pattern"),
+        ("s3.endpoint=minio:9000", "pattern"),
+        ("operator.image.pullPolicy=Sometimes", "must be one of"),
+        ("unknownKey=1", "additional properties"),
+    ],
+)
+def test_values_schema_refuses_bad_values(value: str, message: str) -> None:
+    out = helm("template", "ftj", str(CHART), "--kube-version", "1.36.0", "--set", value, check=False)
+    assert out.returncode != 0
+    assert message in out.stderr.lower()
+
+
+def test_chart_crd_is_the_generated_one() -> None:
+    assert (CHART / "crds" / "finetunejob.yaml").read_text() == (ROOT / "crds" / "finetunejob.yaml").read_text()
