@@ -286,6 +286,14 @@ class ResourcesSpec(ApiModel):
     )
     tolerations: list[Toleration] = Field(default_factory=list, max_length=32, description="Pod tolerations.")
     priority_class_name: Name | None = Field(default=None, description="PriorityClass of the pods.")
+    pod_annotations: dict[str, ShortText] = Field(
+        default_factory=dict, max_length=64, description="Extra annotations on the trainer pods."
+    )
+    pod_labels: dict[str, ShortText] = Field(
+        default_factory=dict,
+        max_length=32,
+        description="Extra labels on the trainer pods (the operator's own labels take precedence).",
+    )
     volume_claim_name: Name | None = Field(
         default=None, description="PersistentVolumeClaim for the model cache and outputs (default: an emptyDir)."
     )

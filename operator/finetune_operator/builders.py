@@ -223,6 +223,13 @@ def _volumes(parent: Parent, spec: FineTuneJobSpec) -> list[dict[str, Any]]:
     ]
 
 
+def _pod_metadata(parent: Parent, spec: FineTuneJobSpec, settings: OperatorSettings) -> dict[str, Any]:
+    meta: dict[str, Any] = {"labels": {**spec.resources.pod_labels, **labels(parent, settings)}}
+    if spec.resources.pod_annotations:
+        meta["annotations"] = dict(spec.resources.pod_annotations)
+    return meta
+
+
 def build_job(parent: Parent, spec: FineTuneJobSpec, settings: OperatorSettings) -> dict[str, Any]:
     """The Indexed batch/v1 Job: one pod per node, each running torchrun over its GPUs."""
     names = child_names(parent)
@@ -292,7 +299,7 @@ def build_job(parent: Parent, spec: FineTuneJobSpec, settings: OperatorSettings)
                 },
             ]
         },
-        "template": {"metadata": {"labels": labels(parent, settings)}, "spec": pod_spec},
+        "template": {"metadata": _pod_metadata(parent, spec, settings), "spec": pod_spec},
     }
     if rp.active_deadline_seconds is not None:
         job_spec["activeDeadlineSeconds"] = rp.active_deadline_seconds

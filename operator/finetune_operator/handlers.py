@@ -18,6 +18,7 @@ from finetune_api.spec import FineTuneJobSpec
 from finetune_api.validation import API_GROUP, API_VERSION, InvalidSpec, parse_spec
 from finetune_operator import kube, metrics
 from finetune_operator.builders import JOB_LABEL, Parent, build_children, child_names
+from finetune_operator.preflight import preflight_problems
 from finetune_operator.settings import OperatorSettings
 from finetune_operator.status import desired_status, merge_conditions, now, pod_failure_reason, transition_events
 
@@ -38,11 +39,13 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.networking.request_timeout = 60
 
 
-def _spec_and_problems(spec: dict[str, Any]) -> tuple[FineTuneJobSpec | None, list[str]]:
+def _spec_and_problems(spec: dict[str, Any], namespace: str) -> tuple[FineTuneJobSpec | None, list[str]]:
     try:
-        return parse_spec(dict(spec)), []
+        parsed = parse_spec(dict(spec))
     except InvalidSpec as err:
         return None, err.problems
+    problems = preflight_problems(parsed, namespace, lambda claim: kube.pvc_exists(namespace, claim))
+    return (None, problems) if problems else (parsed, [])
 
 
 def _sync_status(body: dict[str, Any], spec: FineTuneJobSpec | None, problems: list[str]) -> dict[str, Any]:
@@ -77,7 +80,7 @@ def _reconcile(body: dict[str, Any]) -> None:
     started = time.monotonic()
     meta = body["metadata"]
     try:
-        spec, problems = _spec_and_problems(body.get("spec") or {})
+        spec, problems = _spec_and_problems(body.get("spec") or {}, meta["namespace"])
         if spec is not None:
             parent = Parent(meta["name"], meta["namespace"], meta["uid"])
             for manifest in build_children(parent, spec, SETTINGS):
@@ -115,7 +118,7 @@ def job_changed(body: kopf.Body, type: str | None, **_: Any) -> None:
     if parent is None:
         return
     try:
-        spec, problems = _spec_and_problems(parent.get("spec") or {})
+        spec, problems = _spec_and_problems(parent.get("spec") or {}, meta["namespace"])
         _sync_status(parent, spec, problems)
     except ApiException as err:
         metrics.RECONCILE_ERRORS.inc()

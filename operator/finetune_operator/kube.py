@@ -105,6 +105,17 @@ def list_pods(namespace: str, selector: str) -> list[dict[str, Any]]:
     return [_sanitize(p) for p in _core().list_namespaced_pod(namespace, label_selector=selector).items]
 
 
+def pvc_exists(namespace: str, name: str) -> bool:
+    """Whether a PersistentVolumeClaim of that name exists."""
+    try:
+        _core().read_namespaced_persistent_volume_claim(name, namespace)
+    except ApiException as err:
+        if err.status == 404:
+            return False
+        raise
+    return True
+
+
 def read_finetunejob(namespace: str, name: str) -> dict[str, Any] | None:
     """The FineTuneJob object, or None when it is gone."""
     try:

@@ -43,6 +43,8 @@ CASES: dict[str, dict[str, Any]] = {
             "nodeSelector": {"nvidia.com/gpu.product": "H100"},
             "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
             "priorityClassName": "training",
+            "podAnnotations": {"sidecar.istio.io/inject": "false"},
+            "podLabels": {"team": "a"},
         },
         output={
             "s3": {

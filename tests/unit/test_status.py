@@ -108,3 +108,14 @@ def test_pod_failure_reason_reads_the_latest_terminated_container() -> None:
     pods = [pod("Error", 1, "2026-01-01T00:00:00Z"), pod("OOMKilled", 137, "2026-01-01T00:05:00Z")]
     assert pod_failure_reason(pods) == "OOMKilled (exit code 137)"
     assert pod_failure_reason([{"status": {"phase": "Running"}}]) is None
+
+
+def test_preflight_names_a_missing_volume_claim() -> None:
+    from finetune_api.validation import parse_spec
+    from finetune_operator.preflight import preflight_problems
+    from tests.invalid_specs import with_changes
+
+    spec = parse_spec(with_changes(resources={"volumeClaimName": "models"}))
+    (problem,) = preflight_problems(spec, "team-a", lambda name: False)
+    assert problem.startswith("spec.resources.volumeClaimName:") and "'models'" in problem
+    assert preflight_problems(spec, "team-a", lambda name: name == "models") == []
