@@ -1,0 +1,272 @@
+"""The operator against a real API server, controller-manager, scheduler and KWOK GPU nodes.
+
+Pods on KWOK nodes do not run the trainer: KWOK moves them through their lifecycle (the
+stages in tests/cluster/kwok/stages.yaml), steered per pod by test annotations:
+kwok.ftj.test/delay (how long the pod runs), kwok.ftj.test/result=Failed and
+kwok.ftj.test/exit-code (how it ends). The end-to-end tests run the real trainer.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import subprocess
+from typing import Any
+
+import pytest
+
+from tests.cluster.fixture import Kube
+from tests.integration.operator_process import OperatorProcess, wait_for
+from tests.invalid_specs import BASE, INVALID_SPECS
+
+pytestmark = pytest.mark.cluster
+
+
+def ftj(name: str, **spec_changes: Any) -> dict[str, Any]:
+    spec = copy.deepcopy(BASE)
+    spec["resources"] = {"nodes": 2, "gpusPerNode": 1, "cpu": "1", "memory": "1Gi"}
+    for key, value in spec_changes.items():
+        spec[key] = {**spec.get(key, {}), **value} if isinstance(value, dict) else value
+    return {"apiVersion": "finetune.dev/v1alpha1", "kind": "FineTuneJob", "metadata": {"name": name}, "spec": spec}
+
+
+def with_pods(manifest: dict[str, Any], **annotations: str) -> dict[str, Any]:
+    manifest["spec"]["resources"]["podAnnotations"] = {
+        f"kwok.ftj.test/{k.replace('_', '-')}": v for k, v in annotations.items()
+    }
+    return manifest
+
+
+def get(kube: Kube, ns: str, kind: str, name: str) -> dict[str, Any]:
+    return dict(kube.kubectl_json("get", kind, name, "-n", ns))
+
+
+def phase(kube: Kube, ns: str, name: str) -> str | None:
+    return (get(kube, ns, "ftj", name).get("status") or {}).get("phase")
+
+
+def conditions(obj: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {c["type"]: c for c in (obj.get("status") or {}).get("conditions") or []}
+
+
+def events(kube: Kube, ns: str, name: str) -> list[str]:
+    out = kube.kubectl_json("get", "events", "-n", ns, "--field-selector", f"involvedObject.name={name}")
+    return [e["reason"] for e in out["items"] if e["involvedObject"]["kind"] == "FineTuneJob"]
+
+
+# --- the CRD, on its own -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("spec", "path", "_fragment"), [c[1:] for c in INVALID_SPECS], ids=[c[0] for c in INVALID_SPECS]
+)
+def test_api_server_refuses_invalid_spec_naming_the_field(
+    crds: Kube,
+    spec: dict[str, Any],
+    path: str,
+    _fragment: str,
+) -> None:
+    manifest = {"apiVersion": "finetune.dev/v1alpha1", "kind": "FineTuneJob", "metadata": {"name": "bad"}, "spec": spec}
+    out = crds.kubectl("apply", "--dry-run=server", "-n", "default", "-f", "-", input=manifest, check=False)
+    assert out.returncode != 0, f"the API server accepted {spec}"
+    assert path in out.stderr, out.stderr
+
+
+def test_api_server_accepts_every_example_and_fills_defaults(crds: Kube, kube_namespace: str) -> None:
+    from tests.unit.test_spec import EXAMPLES
+
+    for path in EXAMPLES:
+        crds.kubectl("apply", "-n", kube_namespace, "-f", str(path))
+    obj = get(crds, kube_namespace, "ftj", "bert-imdb-lora")
+    assert obj["spec"]["training"]["precision"] == "auto"  # a default filled by the schema
+    assert obj["spec"]["runPolicy"]["backoffLimit"] == 3
+
+
+def test_model_task_dataset_method_are_immutable_suspend_is_not(crds: Kube, kube_namespace: str) -> None:
+    ns = kube_namespace
+    crds.kubectl("apply", "-n", ns, "-f", "-", input=ftj("imm", runPolicy={"suspend": True}))
+    for patch, field in (
+        ({"spec": {"model": {"name": "roberta-base"}}}, "spec.model"),
+        ({"spec": {"task": {"labels": ["a", "b", "c"]}}}, "spec.task"),
+        ({"spec": {"method": {"type": "full"}}}, "spec.method"),
+    ):
+        out = crds.kubectl("patch", "ftj", "imm", "-n", ns, "--type=merge", "-p", json.dumps(patch), check=False)
+        assert out.returncode != 0 and f"{field} is immutable" in out.stderr, out.stderr
+    crds.kubectl("patch", "ftj", "imm", "-n", ns, "--type=merge", "-p", '{"spec":{"runPolicy":{"suspend":false}}}')
+
+
+# --- the operator ---------------------------------------------------------------------------
+
+
+def test_job_runs_to_succeeded_with_children_conditions_and_events(
+    operator: OperatorProcess,
+    kube_namespace: str,
+) -> None:
+    kube, ns = operator.kube, kube_namespace
+    kube.kubectl("apply", "-n", ns, "-f", "-", input=with_pods(ftj("ok"), delay="6s"))
+    parent = get(kube, ns, "ftj", "ok")
+    job = wait_for("the trainer Job", lambda: get(kube, ns, "job", "ok"))
+    for kind, name in (
+        ("configmap", "ok-config"),
+        ("service", "ok"),
+        ("serviceaccount", "ok-trainer"),
+        ("role", "ok-trainer"),
+        ("rolebinding", "ok-trainer"),
+    ):
+        owner = get(kube, ns, kind, name)["metadata"]["ownerReferences"][0]
+        assert owner["uid"] == parent["metadata"]["uid"] and owner["kind"] == "FineTuneJob"
+    assert job["spec"]["completionMode"] == "Indexed" and job["spec"]["completions"] == 2
+    assert job["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
+
+    # Both pods land on KWOK GPU nodes and run; the job is Running while they do.
+    def scheduled() -> list[str]:
+        items = kube.kubectl_json("get", "pods", "-n", ns, "-l", "finetune.dev/job=ok")["items"]
+        return [p["spec"]["nodeName"] for p in items if p["spec"].get("nodeName")]
+
+    wait_for("2 scheduled pods", lambda: len(scheduled()) == 2)
+    wait_for("phase Running", lambda: phase(kube, ns, "ok") == "Running", timeout=30)
+
+    kube.kubectl("wait", "--for=condition=Succeeded", "ftj/ok", "-n", ns, "--timeout=90s")
+    final = get(kube, ns, "ftj", "ok")
+    status = final["status"]
+    assert status["phase"] == "Succeeded" and status["observedGeneration"] == final["metadata"]["generation"]
+    conds = conditions(final)
+    assert conds["Ready"]["status"] == "True" and conds["Reconciling"]["status"] == "False"
+    assert conds["Created"]["status"] == "True" and conds["Running"]["status"] == "False"
+    assert status["topology"] == "2x1" and status["startTime"] and status["completionTime"]
+    nodes = {
+        p["spec"]["nodeName"] for p in kube.kubectl_json("get", "pods", "-n", ns, "-l", "finetune.dev/job=ok")["items"]
+    }
+    assert all(n.startswith("gpu-") or "gpu" in n for n in nodes), nodes
+    wait_for("events", lambda: {"Created", "Started", "Succeeded"} <= set(events(kube, ns, "ok")), timeout=20)
+    table = kube.kubectl("get", "ftj", "ok", "-n", ns).stdout
+    header = table.splitlines()[0].split()
+    assert header[:6] == ["NAME", "PHASE", "PROGRESS", "TASK", "METHOD", "NODES×GPUS"], table
+    assert "Succeeded" in table and "2x1" in table and "sequence-classification" in table
+
+
+def test_permanent_exit_code_fails_at_once_with_a_clear_message(operator: OperatorProcess, kube_namespace: str) -> None:
+    kube, ns = operator.kube, kube_namespace
+    manifest = with_pods(ftj("perm", resources={"nodes": 1}), result="Failed", exit_code="3", delay="1s")
+    kube.kubectl("apply", "-n", ns, "-f", "-", input=manifest)
+    kube.kubectl("wait", "--for=condition=Failed", "ftj/perm", "-n", ns, "--timeout=90s")
+    obj = get(kube, ns, "ftj", "perm")
+    assert obj["status"]["phase"] == "Failed"
+    assert "permanent" in obj["status"]["message"] and "PodFailurePolicy" in obj["status"]["message"]
+    assert conditions(obj)["Stalled"]["status"] == "True"
+    assert get(kube, ns, "job", "perm")["status"].get("failed", 0) == 1  # no retry
+    wait_for("a Warning event", lambda: "PodFailurePolicy" in events(kube, ns, "perm"), timeout=20)
+
+
+def test_retryable_failure_restarts_and_counts(operator: OperatorProcess, kube_namespace: str) -> None:
+    kube, ns = operator.kube, kube_namespace
+    manifest = with_pods(
+        ftj("retry", resources={"nodes": 1}, runPolicy={"backoffLimit": 1}), result="Failed", delay="1s"
+    )
+    kube.kubectl("apply", "-n", ns, "-f", "-", input=manifest)
+    kube.kubectl("wait", "--for=condition=Failed", "ftj/retry", "-n", ns, "--timeout=120s")
+    obj = get(kube, ns, "ftj", "retry")
+    assert obj["status"]["restarts"] == 2
+    assert obj["status"]["message"].startswith("BackoffLimitExceeded")
+    reasons = wait_for("events", lambda: (r := events(kube, ns, "retry")) and "BackoffLimitExceeded" in r and r)
+    assert "Restarted" in reasons
+
+
+def test_suspend_and_resume(operator: OperatorProcess, kube_namespace: str) -> None:
+    kube, ns = operator.kube, kube_namespace
+    kube.kubectl("apply", "-n", ns, "-f", "-", input=with_pods(ftj("sus", runPolicy={"suspend": True}), delay="60s"))
+    wait_for("phase Suspended", lambda: phase(kube, ns, "sus") == "Suspended")
+    assert get(kube, ns, "job", "sus")["spec"]["suspend"] is True
+    assert kube.kubectl_json("get", "pods", "-n", ns, "-l", "finetune.dev/job=sus")["items"] == []
+    kube.kubectl("patch", "ftj", "sus", "-n", ns, "--type=merge", "-p", '{"spec":{"runPolicy":{"suspend":false}}}')
+    wait_for("phase Running", lambda: phase(kube, ns, "sus") == "Running", timeout=60)
+    assert get(kube, ns, "job", "sus")["spec"]["suspend"] is False
+    kube.kubectl("patch", "ftj", "sus", "-n", ns, "--type=merge", "-p", '{"spec":{"runPolicy":{"suspend":true}}}')
+    wait_for("phase Suspended again", lambda: phase(kube, ns, "sus") == "Suspended", timeout=60)
+
+
+def test_delete_garbage_collects_children(operator: OperatorProcess, kube_namespace: str) -> None:
+    kube, ns = operator.kube, kube_namespace
+    kube.kubectl("apply", "-n", ns, "-f", "-", input=with_pods(ftj("gone"), delay="60s"))
+    wait_for("the Job", lambda: get(kube, ns, "job", "gone"))
+    kube.kubectl("delete", "ftj", "gone", "-n", ns, "--wait=true", "--timeout=60s")
+
+    def children() -> list[str]:
+        out = kube.kubectl(
+            "get",
+            "configmap,service,serviceaccount,role,rolebinding,job,pod",
+            "-n",
+            ns,
+            "-l",
+            "finetune.dev/job=gone",
+            "-o",
+            "name",
+        ).stdout.split()
+        return out
+
+    wait_for("garbage collection", lambda: children() == [], timeout=60)
+
+
+def test_missing_volume_claim_stalls_with_the_field_path(operator: OperatorProcess, kube_namespace: str) -> None:
+    kube, ns = operator.kube, kube_namespace
+    kube.kubectl("apply", "-n", ns, "-f", "-", input=ftj("pvc", resources={"volumeClaimName": "nope"}))
+    kube.kubectl("wait", "--for=condition=Stalled", "ftj/pvc", "-n", ns, "--timeout=60s")
+    obj = get(kube, ns, "ftj", "pvc")
+    assert "spec.resources.volumeClaimName" in obj["status"]["message"]
+    assert kube.kubectl("get", "job", "pvc", "-n", ns, check=False).returncode != 0  # nothing created
+
+
+def test_operator_restart_creates_nothing_twice(operator: OperatorProcess, kube_namespace: str) -> None:
+    kube, ns = operator.kube, kube_namespace
+    kube.kubectl("apply", "-n", ns, "-f", "-", input=with_pods(ftj("again"), delay="8s"))
+    wait_for("the Job", lambda: get(kube, ns, "job", "again"))
+    operator.kill()
+    operator.start()
+    kube.kubectl("wait", "--for=condition=Succeeded", "ftj/again", "-n", ns, "--timeout=90s")
+    for kind in ("configmap", "service", "serviceaccount", "role", "rolebinding", "job"):
+        items = kube.kubectl_json("get", kind, "-n", ns, "-l", "finetune.dev/job=again")["items"]
+        assert len(items) == 1, (kind, [i["metadata"]["name"] for i in items])
+
+
+def test_trainer_token_patches_its_own_status_only(operator: OperatorProcess, kube_namespace: str) -> None:
+    kube, ns = operator.kube, kube_namespace
+    for name in ("mine", "theirs"):
+        kube.kubectl("apply", "-n", ns, "-f", "-", input=with_pods(ftj(name), delay="60s"))
+    wait_for("the trainer RoleBinding", lambda: get(kube, ns, "rolebinding", "mine-trainer"))
+    token = kube.kubectl("create", "token", "mine-trainer", "-n", ns).stdout.strip()
+    patch = json.dumps({"status": {"progress": {"step": 5, "totalSteps": 10, "percent": 50.0}}})
+
+    def as_trainer(name: str) -> Any:
+        # A kubeconfig-free call: only the token authenticates (no admin client certificate).
+        argv = [
+            kube.kubectl_path,
+            "--kubeconfig=/dev/null",
+            f"--server={kube.server}",
+            f"--certificate-authority={kube.ca_file}",
+            f"--token={token}",
+            "patch",
+            "ftj",
+            name,
+            "-n",
+            ns,
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            patch,
+        ]
+        return subprocess.run(argv, capture_output=True, text=True, timeout=60)
+
+    ok = as_trainer("mine")
+    assert ok.returncode == 0, ok.stderr
+    denied = as_trainer("theirs")
+    assert denied.returncode != 0 and "forbidden" in denied.stderr.lower()
+    # The operator's next status update leaves the trainer's fields alone.
+    kube.kubectl("patch", "ftj", "mine", "-n", ns, "--type=merge", "-p", '{"spec":{"runPolicy":{"suspend":true}}}')
+    wait_for("phase Suspended", lambda: phase(kube, ns, "mine") == "Suspended")
+    assert get(kube, ns, "ftj", "mine")["status"]["progress"]["step"] == 5
+
+
+def test_metrics_count_jobs_by_phase_and_reconciles(operator: OperatorProcess) -> None:
+    text = operator.metrics()
+    assert 'finetune_jobs{phase="Succeeded"}' in text
+    assert "finetune_reconcile_seconds_count" in text
