@@ -77,9 +77,19 @@ class _Converter:
         if cls.__doc__:
             out["description"] = " ".join(cls.__doc__.split())
         props: dict[str, Any] = {}
+        infos = {(info.alias or field): info for field, info in cls.model_fields.items()}
         for name, prop in schema.get("properties", {}).items():
             converted = self.node(prop)
             converted.update(_EXTRA.get((cls, name), {}))
+            info = infos[name]
+            if info.default_factory is not None:
+                value = info.default_factory()  # type: ignore[call-arg]
+                if isinstance(value, BaseModel):
+                    # The whole default object, not {}: the API server checks defaults against
+                    # the CEL rules, and nested defaults are not applied to a default's value.
+                    converted["default"] = value.model_dump(by_alias=True, exclude_none=True, mode="json")
+                else:  # empty lists and maps are stored too, so CEL rules can read them
+                    converted["default"] = value
             props[name] = converted
         out["properties"] = props
         if schema.get("required"):
@@ -104,26 +114,13 @@ class _Converter:
             out = self.model(self.models[name], self.defs[name])
             if description:
                 out["description"] = description
-            if default is None and name in self._defaulted_children():
-                out["default"] = {}
             return out
         out = self.scalar(schema)
         if description:
             out = {"description": description, **out}
-        if default is not None and default != [] and default != {}:
+        if default is not None:
             out["default"] = default
         return out
-
-    def _defaulted_children(self) -> set[str]:
-        """Models that are filled with their own defaults when absent (default_factory fields)."""
-        names = set()
-        for cls in self.models.values():
-            for info in cls.model_fields.values():
-                if info.default_factory is not None:
-                    for arg in _type_args(info.annotation):
-                        if isinstance(arg, type) and issubclass(arg, BaseModel):
-                            names.add(arg.__name__)
-        return names
 
     def scalar(self, schema: dict[str, Any]) -> dict[str, Any]:
         out: dict[str, Any] = {}

@@ -39,7 +39,8 @@ def main(argv: list[str] | None = None) -> int:
         clusterwide=args.all_namespaces,
         namespaces=args.namespace,
         standalone=args.standalone,
-        peering_name=args.peering,
+        # Naming a peering makes kopf require it; a standalone operator must not name one.
+        peering_name=None if args.standalone else args.peering,
         liveness_endpoint=f"http://0.0.0.0:{args.health_port}/healthz" if args.health_port else None,
     )
     return 0

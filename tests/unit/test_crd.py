@@ -54,7 +54,7 @@ def test_every_rule_is_in_the_crd() -> None:
 
 def test_defaults_come_from_the_models() -> None:
     training = _schema()["properties"]["spec"]["properties"]["training"]
-    assert training["default"] == {}
+    assert training["default"]["epochs"] == 3.0 and training["default"]["evalStrategy"] == "epoch"
     assert training["properties"]["epochs"]["default"] == 3.0
     assert training["properties"]["precision"]["enum"] == ["auto", "bf16", "fp16", "fp32"]
     lora = _schema()["properties"]["spec"]["properties"]["method"]["properties"]["lora"]
