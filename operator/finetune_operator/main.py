@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import random
 
 import kopf
 from prometheus_client import start_http_server
@@ -18,6 +19,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--health-port", type=int, default=8081, help="liveness endpoint port, /healthz (0: off)")
     p.add_argument("--peering", default="finetune-operator", help="kopf peering name shared by the replicas")
     p.add_argument("--standalone", action="store_true", help="no peering (a single replica, or tests)")
+    p.add_argument(
+        "--priority",
+        type=int,
+        default=None,
+        help="peering priority; the highest acts. Default: random, so identical replicas never tie "
+        "(kopf lets tied peers all act)",
+    )
     p.add_argument("--verbose", action="store_true")
     args = p.parse_args(argv)
     if not args.all_namespaces and not args.namespace:
@@ -41,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         standalone=args.standalone,
         # Naming a peering makes kopf require it; a standalone operator must not name one.
         peering_name=None if args.standalone else args.peering,
+        priority=None if args.standalone else (args.priority or random.randint(1, 1_000_000)),
         liveness_endpoint=f"http://0.0.0.0:{args.health_port}/healthz" if args.health_port else None,
     )
     return 0

@@ -42,3 +42,6 @@ def forget(namespace: str, name: str) -> None:
     with _lock:
         _phases.pop((namespace, name), None)
         _publish()
+
+
+_publish()  # every phase is exported from the start, at 0

@@ -50,7 +50,8 @@ class OperatorProcess:
         self.log_path = log_path
         self.metrics_port = free_port()
         self.health_port = free_port()
-        self.extra_args = extra_args if extra_args is not None else ["--all-namespaces", "--standalone"]
+        # The session's operator watches test-* namespaces, leaving others to tests that run their own.
+        self.extra_args = extra_args if extra_args is not None else ["--namespace=test-*", "--standalone"]
         self.env = {**os.environ, **kube.env, "KUBECONFIG": str(kube.kubeconfig), **env}
         self.proc: subprocess.Popen[bytes] | None = None
 

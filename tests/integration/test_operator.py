@@ -11,6 +11,8 @@ from __future__ import annotations
 import copy
 import json
 import subprocess
+import uuid
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -266,7 +268,47 @@ def test_trainer_token_patches_its_own_status_only(operator: OperatorProcess, ku
     assert get(kube, ns, "ftj", "mine")["status"]["progress"]["step"] == 5
 
 
-def test_metrics_count_jobs_by_phase_and_reconciles(operator: OperatorProcess) -> None:
+def test_metrics_count_jobs_by_phase_and_reconciles(operator: OperatorProcess, kube_namespace: str) -> None:
+    import re
+
+    kube, ns = operator.kube, kube_namespace
+    kube.kubectl("apply", "-n", ns, "-f", "-", input=with_pods(ftj("counted", resources={"nodes": 1}), delay="1s"))
+    kube.kubectl("wait", "--for=condition=Succeeded", "ftj/counted", "-n", ns, "--timeout=90s")
+
+    def gauge() -> float:
+        found = re.search(r'^finetune_jobs\{phase="Succeeded"\} (\S+)$', operator.metrics(), re.M)
+        return float(found.group(1)) if found else 0.0
+
+    wait_for("the Succeeded gauge", lambda: gauge() >= 1, timeout=20)
     text = operator.metrics()
-    assert 'finetune_jobs{phase="Succeeded"}' in text
-    assert "finetune_reconcile_seconds_count" in text
+    assert re.search(r"^finetune_reconcile_seconds_count [1-9]", text, re.M), text
+    assert 'finetune_children_created_total{kind="Job"}' in text
+
+
+def test_replicas_with_peering_let_exactly_one_act(crds: Kube, tmp_path: Path) -> None:
+    kube = crds
+    ns = f"peer-{uuid.uuid4().hex[:6]}"
+    kube.kubectl("create", "namespace", ns)
+    peering = {"apiVersion": "kopf.dev/v1", "kind": "KopfPeering", "metadata": {"name": "finetune-operator"}}
+    kube.kubectl("apply", "-n", ns, "-f", "-", input=peering)
+    replicas = [
+        OperatorProcess(kube, tmp_path / f"replica-{i}.log", [f"--namespace={ns}", "--peering=finetune-operator"])
+        for i in range(2)
+    ]
+    try:
+        for replica in replicas:
+            replica.start()
+        # Replicas start paused; only the one with the highest priority resumes.
+        wait_for(
+            "one replica to take the lead",
+            lambda: any("Resuming operations after the pause" in r.log() for r in replicas),
+            timeout=60,
+        )
+        kube.kubectl("apply", "-n", ns, "-f", "-", input=with_pods(ftj("peered", resources={"nodes": 1}), delay="2s"))
+        kube.kubectl("wait", "--for=condition=Succeeded", "ftj/peered", "-n", ns, "--timeout=90s")
+        acted = [r for r in replicas if "Handler 'reconcile' succeeded" in r.log()]
+        assert len(acted) == 1, [r.log()[-2000:] for r in replicas]
+    finally:
+        for replica in replicas:
+            replica.stop()
+        kube.kubectl("delete", "namespace", ns, "--wait=false", check=False)
