@@ -37,6 +37,8 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.posting.level = logging.INFO
     settings.watching.server_timeout = 300
     settings.networking.request_timeout = 60
+    # Handlers are sync and mostly wait on the API server: more threads, more jobs in flight.
+    settings.execution.max_workers = 32
 
 
 def _spec_and_problems(spec: dict[str, Any], namespace: str) -> tuple[FineTuneJobSpec | None, list[str]]:
