@@ -254,7 +254,8 @@ def build_job(parent: Parent, spec: FineTuneJobSpec, settings: OperatorSettings)
                 "name": TRAINER_CONTAINER,
                 "image": r.image or settings.trainer_image,
                 "imagePullPolicy": settings.image_pull_policy,
-                "command": ["torchrun"],
+                # torchrun, keeping the trainer's exit code (finetune_trainer/launch.py).
+                "command": ["python", "-m", "finetune_trainer.launch"],
                 "args": launcher_args(parent, spec, settings),
                 "env": _env(parent, spec, settings),
                 "ports": [{"name": "rendezvous", "containerPort": settings.master_port}],

@@ -146,7 +146,7 @@ def test_user_strings_never_reach_a_shell() -> None:
     spec = _spec(model={"name": "x; rm -rf / #"})
     job = build_job(PARENT, parse_spec(spec), SETTINGS)
     container = job["spec"]["template"]["spec"]["containers"][0]
-    assert container["command"] == ["torchrun"]
+    assert container["command"] == ["python", "-m", "finetune_trainer.launch"]
     assert all("rm -rf" not in a for a in container["args"])
 
 

@@ -1,0 +1,34 @@
+"""The pod launcher keeps the trainer's exit code, which torchrun alone turns into 1."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from finetune_trainer.launch import exit_code_for
+
+
+@pytest.mark.parametrize(
+    ("codes", "expected"),
+    [([0, 0], 0), ([1, 0], 1), ([0, 3], 3), ([1, 4], 4), ([-9, 1], 137), ([-15], 143), ([2, 1], 2)],
+)
+def test_exit_code_for_worker_codes(codes: list[int], expected: int) -> None:
+    assert exit_code_for(codes) == expected
+
+
+@pytest.mark.slow
+def test_a_worker_exiting_3_makes_the_launcher_exit_3(tmp_path: Path) -> None:
+    script = tmp_path / "worker.py"
+    script.write_text(
+        textwrap.dedent("""
+        import os, sys
+        sys.exit(3 if os.environ["LOCAL_RANK"] == "1" else 0)
+    """)
+    )
+    argv = [sys.executable, "-m", "finetune_trainer.launch", "--nproc-per-node=2", "--master-port=0", str(script)]
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 3, out.stderr[-2000:]
