@@ -1,67 +1,253 @@
-"""Distributed-training configs generated from the spec (pure; shared by operator and trainer).
+"""How the processes of one job share the work: pure functions from the spec to launcher and library settings.
 
-The operator puts the DeepSpeed config into the job's ConfigMap; the trainer passes the
-same dict to TrainingArguments. Values the Hugging Face integration can derive from the
-training arguments (batch sizes, clipping, precision) are left as "auto", so the spec
-stays the one place they are set.
+Three consumers read these values, so they are plain data (dicts, lists of strings) with no torch import:
+
+* the trainer passes :func:`training_kwargs` into ``TrainingArguments`` (``deepspeed=<dict>``, ``fsdp=``,
+  ``fsdp_config=``);
+* the operator writes :func:`deepspeed_config` into the job's ConfigMap and puts :func:`torchrun_command`
+  in the pod's container command (an argv list, never a shell string: Kubernetes expands
+  ``$(JOB_COMPLETION_INDEX)`` in container args itself);
+* the tests compare them as tables.
+
+DeepSpeed values that ``TrainingArguments`` already knows (batch sizes, accumulation, clipping, optimizer
+hyper-parameters, and the precision when the spec leaves it to ``auto``) are written as ``"auto"`` so the
+Hugging Face integration fills them in: the spec stays the one place they are set.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 from finetune_api.spec import FineTuneJobSpec
 
+ResolvedStrategy = Literal["single", "ddp", "deepspeed", "fsdp"]
+ResolvedPrecision = Literal["bf16", "fp16", "fp32"]
+
+DEFAULT_MASTER_PORT = 29500
+# Kubernetes fills this from the Indexed Job's completion index when it expands the container args.
+NODE_RANK_FROM_JOB_INDEX = "$(JOB_COMPLETION_INDEX)"
+
 
 def processes_per_node(spec: FineTuneJobSpec) -> int:
-    """Trainer processes per pod: one per GPU, one on CPU-only pods."""
+    """Trainer processes in one pod: one per GPU, or one on a CPU-only pod."""
     return max(spec.resources.gpus_per_node, 1)
 
 
 def world_size(spec: FineTuneJobSpec) -> int:
-    """Trainer processes across all pods."""
+    """Trainer processes in the whole job."""
     return spec.resources.nodes * processes_per_node(spec)
 
 
-def resolved_strategy(spec: FineTuneJobSpec) -> str:
-    """The strategy that runs: auto becomes ddp with several processes, none with one."""
+def resolve_strategy(spec: FineTuneJobSpec) -> ResolvedStrategy:
+    """The strategy that actually runs: ``auto`` is DDP for several processes and a plain single process otherwise.
+
+    An explicit ``ddp`` on one process is also a single process (there is nothing to synchronise).
+    DeepSpeed and FSDP stay as asked even on one process: ZeRO offload and sharded checkpoints still apply.
+    """
     strategy = spec.distributed.strategy
-    if strategy == "auto":
-        return "ddp" if world_size(spec) > 1 else "none"
-    return strategy
+    if strategy in ("deepspeed", "fsdp"):
+        return strategy
+    return "ddp" if world_size(spec) > 1 else "single"
 
 
-def deepspeed_config(spec: FineTuneJobSpec) -> dict[str, Any] | None:
-    """The DeepSpeed config for strategy deepspeed, else None."""
-    if spec.distributed.strategy != "deepspeed":
-        return None
-    opts = spec.distributed.deepspeed
-    stage = opts.stage if opts else 2
+def _precision_flag(precision: str, which: ResolvedPrecision) -> bool | str:
+    if precision == "auto":
+        return "auto"
+    return precision == which
+
+
+def deepspeed_config(spec: FineTuneJobSpec, precision: str | None = None) -> dict[str, Any]:
+    """The DeepSpeed config for ``TrainingArguments(deepspeed=...)`` and the operator's ConfigMap.
+
+    ``precision`` is the resolved training precision (``bf16``, ``fp16`` or ``fp32``) when the caller knows
+    the hardware (the trainer); without it the spec's ``training.precision`` is used, and ``auto`` is left
+    for ``TrainingArguments`` to fill in (the operator cannot tell which GPU the pod lands on).
+    """
+    options = spec.distributed.deepspeed
+    stage = options.stage if options else 2
+    offload_optimizer = bool(options and options.offload_optimizer)
+    offload_params = bool(options and options.offload_params and stage == 3)
+    chosen = precision or spec.training.precision
+
     zero: dict[str, Any] = {
         "stage": stage,
         "overlap_comm": True,
         "contiguous_gradients": True,
         "reduce_bucket_size": "auto",
     }
+    if stage >= 2:
+        zero["allgather_partitions"] = True
+        zero["reduce_scatter"] = True
     if stage == 3:
         zero.update(
             {
                 "stage3_prefetch_bucket_size": "auto",
                 "stage3_param_persistence_threshold": "auto",
-                # Save a loadable 16-bit model, not only the partitioned shards.
+                "stage3_max_live_parameters": 1_000_000_000,
+                "stage3_max_reuse_distance": 1_000_000_000,
+                # Gather the shards into one 16-bit state dict on save, so the saved model loads without DeepSpeed.
                 "stage3_gather_16bit_weights_on_model_save": True,
             }
         )
-    if opts and opts.offload_optimizer:
+    if offload_optimizer:
         zero["offload_optimizer"] = {"device": "cpu", "pin_memory": True}
-    if opts and opts.offload_params:
+    if offload_params:
         zero["offload_param"] = {"device": "cpu", "pin_memory": True}
-    return {
+
+    config: dict[str, Any] = {
         "train_micro_batch_size_per_gpu": "auto",
         "train_batch_size": "auto",
         "gradient_accumulation_steps": "auto",
         "gradient_clipping": "auto",
-        "bf16": {"enabled": "auto"},
-        "fp16": {"enabled": "auto"},
+        "bf16": {"enabled": _precision_flag(chosen, "bf16")},
+        "fp16": {
+            "enabled": _precision_flag(chosen, "fp16"),
+            "loss_scale": 0,  # dynamic loss scaling
+            "loss_scale_window": 1000,
+            "initial_scale_power": 16,
+            "hysteresis": 2,
+            "min_loss_scale": 1,
+        },
         "zero_optimization": zero,
+        "steps_per_print": 1_000_000,  # the trainer logs progress itself
+        "wall_clock_breakdown": False,
     }
+    if offload_optimizer:
+        # With the optimizer state in CPU memory DeepSpeed must own the optimizer (its CPU Adam); a torch
+        # optimizer from the Trainer is refused. Its hyper-parameters still come from TrainingArguments.
+        config["optimizer"] = {
+            "type": "AdamW",
+            "params": {"lr": "auto", "betas": "auto", "eps": "auto", "weight_decay": "auto"},
+        }
+    return config
+
+
+@dataclass(frozen=True)
+class FsdpSettings:
+    """FSDP settings: ``training_args`` go into ``TrainingArguments``; ``parallelism`` (hybrid sharding only)
+    holds the keyword arguments of accelerate's ``ParallelismConfig`` (replicate across nodes, shard within)."""
+
+    training_args: dict[str, Any]
+    parallelism: dict[str, int] | None = None
+
+
+def fsdp_settings(spec: FineTuneJobSpec, layer_classes: list[str] | None = None) -> FsdpSettings:
+    """FSDP (version 2, the one transformers 5 supports going forward) settings from the spec.
+
+    * ``full_shard`` re-shards parameters after the forward pass (ZeRO-3 like), ``shard_grad_op`` keeps them
+      gathered until the backward pass (ZeRO-2 like);
+    * ``hybrid_shard`` shards inside a node and replicates across nodes (a 2-D device mesh);
+    * ``no_shard`` is plain data parallelism, which FSDP2 leaves to DDP: see :func:`training_kwargs`.
+
+    Wrapping is per transformer block: ``layer_classes`` (e.g. ``["LlamaDecoderLayer"]``) when given, else the
+    model's own ``_no_split_modules``. FSDP2 always trains the original parameters (DTensors), which is what
+    peft adapters need (FSDP1's ``use_orig_params=True``).
+    """
+    options = spec.distributed.fsdp
+    strategy = options.sharding_strategy if options else "full_shard"
+    config: dict[str, Any] = {
+        "version": 2,
+        "reshard_after_forward": strategy != "shard_grad_op",
+        "auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
+        "cpu_offload": bool(options and options.offload_params),
+        "state_dict_type": "FULL_STATE_DICT",  # one Hugging Face checkpoint, loadable without FSDP
+        "activation_checkpointing": spec.training.gradient_checkpointing,
+        "cpu_ram_efficient_loading": False,
+    }
+    if layer_classes:
+        config["transformer_layer_cls_to_wrap"] = list(layer_classes)
+    parallelism = None
+    if strategy == "hybrid_shard" and spec.resources.nodes > 1:
+        parallelism = {"dp_replicate_size": spec.resources.nodes, "dp_shard_size": processes_per_node(spec)}
+    return FsdpSettings(training_args={"fsdp": True, "fsdp_config": config}, parallelism=parallelism)
+
+
+def training_kwargs(
+    spec: FineTuneJobSpec, precision: str | None = None, layer_classes: list[str] | None = None
+) -> dict[str, Any]:
+    """``TrainingArguments`` keyword arguments for the spec's distribution strategy (empty for one process or DDP).
+
+    Activation checkpointing under FSDP is FSDP's own (set in ``fsdp_config``), so the Trainer's
+    ``activation_checkpointing`` (formerly ``gradient_checkpointing``) is switched off there: both together
+    cost a redundant all-gather in the backward pass. Hybrid sharding adds accelerate's ``ParallelismConfig``
+    (imported only then, so the operator never needs accelerate).
+    """
+    strategy = resolve_strategy(spec)
+    if strategy == "deepspeed":
+        return {"deepspeed": deepspeed_config(spec, precision)}
+    if strategy != "fsdp":
+        return {}
+    options = spec.distributed.fsdp
+    if options is not None and options.sharding_strategy == "no_shard":
+        # Unsharded FSDP is data parallelism: FSDP2 has no such mode and leaves it to DDP.
+        return {}
+    settings = fsdp_settings(spec, layer_classes)
+    out = dict(settings.training_args)
+    if spec.training.gradient_checkpointing:
+        out["activation_checkpointing"] = False
+    if settings.parallelism is not None:
+        from accelerate.parallelism_config import ParallelismConfig
+
+        out["parallelism_config"] = ParallelismConfig(**settings.parallelism)
+    return out
+
+
+@dataclass(frozen=True)
+class Rendezvous:
+    """Where the processes of a multi-node job meet.
+
+    ``static`` (the default) gives each pod its rank from the Indexed Job's completion index and makes pod 0
+    (reached through the headless Service) the store; ``c10d`` lets torchrun assign ranks as pods join.
+    """
+
+    master_addr: str
+    master_port: int = DEFAULT_MASTER_PORT
+    node_rank: int | str = NODE_RANK_FROM_JOB_INDEX
+    backend: Literal["static", "c10d"] = "static"
+    run_id: str | None = None  # c10d only: the same for every pod of one run (e.g. the FineTuneJob's uid)
+
+
+def torchrun_command(
+    spec: FineTuneJobSpec,
+    program: list[str],
+    rendezvous: Rendezvous | None = None,
+    *,
+    launcher: str = "torchrun",
+) -> list[str]:
+    """The argv that starts one pod's trainer processes: ``torchrun <options> <program...>``.
+
+    ``program`` is what each process runs, e.g. ``["-m", "finetune_trainer", "run", "--config", "/etc/job/spec.yaml"]``
+    (a leading ``-m`` becomes torchrun's ``--module``). One node needs no rendezvous (``--standalone``);
+    several nodes need ``rendezvous``. Restarts are left to Kubernetes (the Job's backoff), so torchrun
+    does not restart workers itself.
+    """
+    nodes = spec.resources.nodes
+    argv = [launcher, f"--nnodes={nodes}", f"--nproc-per-node={processes_per_node(spec)}", "--max-restarts=0"]
+    if nodes == 1 and rendezvous is None:
+        argv.append("--standalone")
+    else:
+        if rendezvous is None:
+            raise ValueError(
+                f"resources.nodes is {nodes}: a multi-node job needs a rendezvous (the address of pod 0 through "
+                "the job's headless Service)"
+            )
+        if rendezvous.backend == "static":
+            argv += [
+                f"--node-rank={rendezvous.node_rank}",
+                f"--master-addr={rendezvous.master_addr}",
+                f"--master-port={rendezvous.master_port}",
+            ]
+        else:
+            if not rendezvous.run_id:
+                raise ValueError("c10d rendezvous needs a run_id shared by every pod of the run (the job's uid)")
+            argv += [
+                "--rdzv-backend=c10d",
+                f"--rdzv-endpoint={rendezvous.master_addr}:{rendezvous.master_port}",
+                f"--rdzv-id={rendezvous.run_id}",
+            ]
+    if program[:1] == ["-m"]:
+        argv += ["--module", *program[1:]]
+    else:
+        argv += list(program)
+    return argv

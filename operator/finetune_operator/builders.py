@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from finetune_api.distributed import deepspeed_config, world_size
+from finetune_api.distributed import Rendezvous, deepspeed_config, resolve_strategy, torchrun_command, world_size
 from finetune_api.spec import FineTuneJobSpec, wire
 from finetune_api.validation import API_GROUP, API_VERSION, KIND
 from finetune_operator.settings import OperatorSettings
@@ -87,9 +87,10 @@ def build_config_map(parent: Parent, spec: FineTuneJobSpec, settings: OperatorSe
         "spec": wire(spec),
     }
     data = {"job.yaml": yaml.safe_dump(manifest, sort_keys=False)}
-    ds = deepspeed_config(spec)
-    if ds is not None:
-        data["deepspeed.json"] = json.dumps(ds, indent=2, sort_keys=True)
+    if resolve_strategy(spec) == "deepspeed":
+        # For people reading the ConfigMap: the trainer builds the same config from the same spec
+        # (finetune_api.distributed), filling the precision once it knows the GPU.
+        data["deepspeed.json"] = json.dumps(deepspeed_config(spec), indent=2, sort_keys=True)
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
@@ -152,23 +153,17 @@ def build_rbac(parent: Parent, settings: OperatorSettings) -> list[dict[str, Any
 
 
 def launcher_args(parent: Parent, spec: FineTuneJobSpec, settings: OperatorSettings) -> list[str]:
-    """torchrun arguments; the node rank comes from PET_NODE_RANK (the completion index)."""
+    """torchrun options and the trainer program; pod 0 is the rendezvous store via the headless Service."""
     names = child_names(parent)
-    nproc = max(spec.resources.gpus_per_node, 1)
-    args = [
-        f"--nnodes={spec.resources.nodes}",
-        f"--nproc-per-node={nproc}",
-        f"--master-addr={names['job']}-0.{names['service']}",
-        f"--master-port={settings.master_port}",
-        "-m",
-        "finetune_trainer",
-        "run",
-        f"--config={CONFIG_DIR}/job.yaml",
-        f"--output-dir={WORKSPACE}/output",
-    ]
-    if deepspeed_config(spec) is not None:
-        args.append(f"--deepspeed-config={CONFIG_DIR}/deepspeed.json")
-    return args
+    program = ["-m", "finetune_trainer", "run", f"--config={CONFIG_DIR}/job.yaml", f"--output-dir={WORKSPACE}/output"]
+    rendezvous = None
+    if spec.resources.nodes > 1:
+        rendezvous = Rendezvous(
+            master_addr=f"{names['job']}-0.{names['service']}",
+            master_port=settings.master_port,
+            node_rank="$(PET_NODE_RANK)",  # Kubernetes expands it from the env below
+        )
+    return torchrun_command(spec, program, rendezvous)[1:]  # [0] is the launcher, the container command
 
 
 def _env(parent: Parent, spec: FineTuneJobSpec, settings: OperatorSettings) -> list[dict[str, Any]]:

@@ -99,6 +99,7 @@ def test_job_has_one_pod_per_node_each_with_its_gpus() -> None:
     assert container["resources"]["limits"]["nvidia.com/gpu"] == "8"
     assert "--nnodes=2" in container["args"] and "--nproc-per-node=8" in container["args"]
     assert "--master-addr=bert-imdb-0.bert-imdb" in container["args"]
+    assert "--node-rank=$(PET_NODE_RANK)" in container["args"]
     assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-a"
 
 
@@ -155,7 +156,7 @@ def test_deepspeed_config_travels_in_the_config_map() -> None:
     ds = yaml.safe_load(objs[0]["data"]["deepspeed.json"])
     assert ds["zero_optimization"]["stage"] == 3
     args = launcher_args(PARENT, parse_spec(CASES["1node-8gpu-deepspeed"]), SETTINGS)
-    assert "--deepspeed-config=/etc/finetune/deepspeed.json" in args
+    assert "--standalone" in args and "--nproc-per-node=8" in args
 
 
 def test_trainer_role_reaches_only_its_own_job() -> None:

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from finetune_api.validation import parse_spec
-from finetune_trainer.distributed import (
+from finetune_api.distributed import (
     NODE_RANK_FROM_JOB_INDEX,
     Rendezvous,
     deepspeed_config,
