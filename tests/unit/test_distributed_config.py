@@ -7,7 +7,6 @@ from typing import Any
 
 import pytest
 
-from finetune_api.validation import parse_spec
 from finetune_api.distributed import (
     NODE_RANK_FROM_JOB_INDEX,
     Rendezvous,
@@ -18,6 +17,7 @@ from finetune_api.distributed import (
     training_kwargs,
     world_size,
 )
+from finetune_api.validation import parse_spec
 
 PROGRAM = ["-m", "finetune_trainer", "run", "--config", "/etc/finetune/spec.yaml", "--output-dir", "/outputs"]
 
