@@ -14,12 +14,40 @@ import random
 from pathlib import Path
 
 POSITIVE = [
-    "wonderful", "brilliant", "delightful", "excellent", "superb", "moving", "charming", "gripping",
-    "beautiful", "hilarious", "outstanding", "touching", "fantastic", "clever", "stunning", "terrific",
+    "wonderful",
+    "brilliant",
+    "delightful",
+    "excellent",
+    "superb",
+    "moving",
+    "charming",
+    "gripping",
+    "beautiful",
+    "hilarious",
+    "outstanding",
+    "touching",
+    "fantastic",
+    "clever",
+    "stunning",
+    "terrific",
 ]
 NEGATIVE = [
-    "dreadful", "boring", "awful", "terrible", "tedious", "clumsy", "painful", "dull",
-    "horrible", "pointless", "disappointing", "lifeless", "messy", "forgettable", "annoying", "weak",
+    "dreadful",
+    "boring",
+    "awful",
+    "terrible",
+    "tedious",
+    "clumsy",
+    "painful",
+    "dull",
+    "horrible",
+    "pointless",
+    "disappointing",
+    "lifeless",
+    "messy",
+    "forgettable",
+    "annoying",
+    "weak",
 ]
 TRAIN_SUBJECTS = ["film", "movie", "story", "cast", "script", "ending", "soundtrack", "director"]
 EVAL_SUBJECTS = ["plot", "acting", "dialogue", "pacing"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
     from datasets import DatasetDict
@@ -13,6 +13,15 @@ if TYPE_CHECKING:
 
     from finetune_api.spec import FineTuneJobSpec
     from finetune_trainer.methods.base import MethodUnit
+
+# peft TaskType per task: decides which PeftModel wrapper (and so which head) an adapter gets.
+PEFT_TASK_TYPES: dict[str, str] = {
+    "sequence-classification": "SEQ_CLS",
+    "token-classification": "TOKEN_CLS",
+    "question-answering": "QUESTION_ANS",
+    "causal-lm": "CAUSAL_LM",
+    "preference": "CAUSAL_LM",
+}
 
 
 @dataclass
@@ -52,3 +61,104 @@ class TaskUnit(Protocol):
     def build_trainer(self, ctx: RunContext, model: Any) -> Trainer:
         """A ready transformers (or TRL) trainer: preprocessed data, collator, metrics."""
         ...
+
+
+# Optional capabilities: a unit implements them when it needs to; callers test with isinstance.
+
+
+@runtime_checkable
+class ChoosesMetricPerSpec(Protocol):
+    """A task whose default best-model metric depends on the spec (e.g. multi-label classification)."""
+
+    def default_metric_for(self, spec: FineTuneJobSpec) -> tuple[str, bool]:
+        """(metric name, greater is better) used when training.metricForBestModel is empty."""
+        ...
+
+
+@runtime_checkable
+class ChecksWithTokenizer(Protocol):
+    """A task with data checks that need the tokenizer (never the model), run by ``validate`` and ``run``."""
+
+    def check_with_tokenizer(
+        self, spec: FineTuneJobSpec, datasets: DatasetDict, tokenizer: PreTrainedTokenizerBase
+    ) -> None:
+        """Raise DataError naming the example and the setting to change."""
+        ...
+
+
+def best_model_metric(task: TaskUnit, spec: FineTuneJobSpec) -> tuple[str, bool]:
+    """The metric that picks the best checkpoint and whether higher is better.
+
+    A metric named in the spec wins; like transformers, anything ending in ``loss`` is minimised.
+    """
+    named = spec.training.metric_for_best_model
+    if named:
+        return named, not named.endswith("loss")
+    if isinstance(task, ChoosesMetricPerSpec):
+        return task.default_metric_for(spec)
+    return task.default_metric, task.greater_is_better
+
+
+def column_roles_for(spec: FineTuneJobSpec) -> dict[str, str]:
+    """Role -> dataset column: the task's default column names overridden by task.columns."""
+    from finetune_api.rules import TASK_COLUMN_ROLES
+
+    return {**TASK_COLUMN_ROLES[spec.task.type], **spec.task.columns}
+
+
+def pretrained_kwargs(spec: FineTuneJobSpec, model_path: str) -> dict[str, Any]:
+    """from_pretrained options from spec.model: the revision applies to hub ids only."""
+    kwargs: dict[str, Any] = {"trust_remote_code": spec.model.trust_remote_code}
+    if spec.model.name is not None and model_path == spec.model.name:
+        kwargs["revision"] = spec.model.revision
+    return kwargs
+
+
+def training_arguments(ctx: RunContext, **overrides: Any) -> Any:
+    """``TrainingArguments`` from the engine's keyword arguments plus task-specific overrides."""
+    from transformers import TrainingArguments
+
+    return TrainingArguments(**{**ctx.training_kwargs, **overrides})
+
+
+def pad_multiple(ctx: RunContext) -> int | None:
+    """Pad batches to a multiple of 8 under mixed precision (tensor cores), not at all otherwise."""
+    mixed = ctx.training_kwargs.get("bf16") or ctx.training_kwargs.get("fp16")
+    return 8 if mixed else None
+
+
+class LabelIndex:
+    """Label names or ids -> ids, in the order of task.labels.
+
+    Strings are label names. Integers are ids (0..n-1), except when every label name is itself a
+    number (star ratings ``["1", ..., "5"]`` read back from CSV as integers): then integers are names.
+    """
+
+    def __init__(self, labels: list[str]):
+        self.labels = list(labels)
+        self.by_name = {name: i for i, name in enumerate(self.labels)}
+        self.numeric_names = all(name.lstrip("-").isdigit() for name in self.labels)
+
+    def id_of(self, value: Any) -> int:
+        """The id of one label value; ValueError with a message naming the value and the allowed labels."""
+        if isinstance(value, str):
+            if value in self.by_name:
+                return self.by_name[value]
+        elif isinstance(value, bool | int) or (isinstance(value, float) and value.is_integer()):
+            number = int(value)
+            if self.numeric_names:
+                if str(number) in self.by_name:
+                    return self.by_name[str(number)]
+            elif 0 <= number < len(self.labels):
+                return number
+        elif hasattr(value, "item"):  # numpy/torch scalars
+            return self.id_of(value.item())
+        raise ValueError(self.unknown(value))
+
+    def unknown(self, value: Any) -> str:
+        """Message for a value outside task.labels."""
+        ids = "" if self.numeric_names else f", or their ids 0..{len(self.labels) - 1}"
+        return (
+            f"label {value!r} is not in task.labels; allowed: {', '.join(self.labels)}{ids}. "
+            "Add it to task.labels or fix the data"
+        )

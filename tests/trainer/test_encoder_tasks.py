@@ -1,0 +1,188 @@
+"""Every supported encoder task x method pair trains through engine.train on the tiny BERT.
+
+For each pair, one short run (shared by the tests of that pair) must: lower the training loss,
+write the artifacts (model or adapter, tokenizer, metrics.json, spec.resolved.yaml), and reload
+into a model that predicts exactly what the in-memory model predicted at the end of training.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from finetune_api.matrix import supported_pairs
+from finetune_api.validation import load_spec_file, parse_spec
+from tests.trainer import tiny
+
+# Learning rates that move the tiny random model within a few dozen steps: a frozen body needs a
+# much larger step on the few parameters that train.
+LEARNING_RATES = {"full": 5e-3, "feature-extraction": 1e-1, "lora": 3e-2, "prompt-tuning": 3e-2}
+PEFT_METHODS = ("lora", "prompt-tuning")
+
+
+@dataclass(frozen=True)
+class Case:
+    """One task x method run."""
+
+    task: str
+    method: str
+    multi_label: bool = False
+    training: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def id(self) -> str:
+        return f"{self.task}{'-multi-label' if self.multi_label else ''}-{self.method}"
+
+
+CASES = [
+    Case("sequence-classification", "full"),
+    Case("sequence-classification", "feature-extraction"),
+    Case("sequence-classification", "lora"),
+    # Only a few virtual tokens and the head train on a random body, and independent labels need
+    # more steps: both get a longer schedule.
+    Case("sequence-classification", "prompt-tuning", training={"epochs": 5}),
+    Case("sequence-classification", "lora", multi_label=True, training={"epochs": 5}),
+    Case("token-classification", "full"),
+    Case("token-classification", "feature-extraction"),
+    Case("token-classification", "lora"),
+    # Short windows so every context spans two of them (docStride overlap).
+    Case("question-answering", "full", training={"maxSeqLength": 32}),
+    Case("question-answering", "feature-extraction", training={"maxSeqLength": 32}),
+    Case("question-answering", "lora", training={"maxSeqLength": 32}),
+]
+
+
+def spec_for(case: Case, model_dir: Path, data: dict[str, Path]) -> dict[str, Any]:
+    """The spec dict of a case: the task's generated files, the method, a short schedule."""
+    if case.task == "sequence-classification" and case.multi_label:
+        task = {
+            "type": case.task,
+            "multiLabel": True,
+            "labels": sorted(tiny.TOPICS),
+            "columns": {"label": "labels"},
+        }
+        files = {"train": str(data["topics_train"]), "validation": str(data["topics_val"])}
+    elif case.task == "sequence-classification":
+        task = {"type": case.task, "labels": ["neg", "pos"]}
+        files = {"train": str(data["seq_train"]), "validation": str(data["seq_val"])}
+    elif case.task == "token-classification":
+        task = {"type": case.task, "labels": tiny.NER_LABELS}
+        files = {"train": str(data["ner_train"]), "validation": str(data["ner_val"])}
+    else:
+        task = {"type": case.task, "docStride": 8}
+        files = {"train": str(data["qa_train"]), "validation": str(data["qa_val"])}
+    method: dict[str, Any] = {"type": case.method}
+    if case.method == "prompt-tuning":
+        method["promptTuning"] = {"numVirtualTokens": 4, "initText": "classify the review"}
+    if case.method == "lora":
+        method["lora"] = {"r": 8, "alpha": 16, "dropout": 0.0}
+    training = {"learningRate": LEARNING_RATES[case.method], **case.training}
+    return tiny.spec_dict(model_dir, task, files, method, **training)
+
+
+def probe_outputs(model: Any, tokenizer: Any, case: Case) -> dict[str, Any]:
+    """The model's raw outputs on a few fixed inputs of the case's task."""
+    import torch
+
+    if case.task == "sequence-classification":
+        texts = [
+            r["text"] for r in (tiny.topic_rows(6, seed=9) if case.multi_label else tiny.sentiment_rows(6, seed=9))
+        ]
+        batch = tokenizer(texts, padding=True, return_tensors="pt")
+        names = ["logits"]
+    elif case.task == "token-classification":
+        words = [r["tokens"] for r in tiny.entity_rows(6, seed=9)]
+        batch = tokenizer(words, is_split_into_words=True, padding=True, return_tensors="pt")
+        names = ["logits"]
+    else:
+        rows = tiny.question_rows(6, seed=9)
+        batch = tokenizer(
+            [r["question"] for r in rows], [r["context"] for r in rows], padding=True, return_tensors="pt"
+        )
+        names = ["start_logits", "end_logits"]
+    model.eval()
+    with torch.no_grad():
+        output = model(**batch)
+    return {name: getattr(output, name).detach().clone() for name in names}
+
+
+@dataclass
+class Trained:
+    case: Case
+    output_dir: Path
+    result: Any
+    in_memory: dict[str, Any]
+
+
+@pytest.fixture(scope="module", params=CASES, ids=lambda c: c.id)
+def trained(
+    request: pytest.FixtureRequest, tiny_bert: Path, encoder_data: dict[str, Path], tmp_path_factory
+) -> Trained:
+    """One short training run per case, shared by the tests below."""
+    from finetune_trainer import engine
+
+    case: Case = request.param
+    spec = parse_spec(spec_for(case, tiny_bert, encoder_data))
+    output_dir = tmp_path_factory.mktemp(case.id)
+    result = engine.train(spec, output_dir)
+    in_memory = probe_outputs(result.model, result.tokenizer, case)
+    return Trained(case, output_dir, result, in_memory)
+
+
+def test_the_cases_cover_every_supported_encoder_pair() -> None:
+    encoder_tasks = {"sequence-classification", "token-classification", "question-answering"}
+    expected = {(t, m) for t, m in supported_pairs() if t in encoder_tasks and m != "qlora"}
+    assert {(c.task, c.method) for c in CASES} == expected
+
+
+@pytest.mark.slow
+def test_training_loss_falls(trained: Trained) -> None:
+    losses = [entry["loss"] for entry in trained.result.trainer.state.log_history if "loss" in entry]
+    assert len(losses) >= 6
+    first, last = sum(losses[:3]) / 3, sum(losses[-3:]) / 3
+    assert last < 0.9 * first, f"loss did not fall enough: first {losses[:3]}, last {losses[-3:]}"
+
+
+@pytest.mark.slow
+def test_artifacts_are_written(trained: Trained) -> None:
+    out = trained.output_dir
+    if trained.case.method in PEFT_METHODS:
+        assert (out / "adapter_config.json").is_file()
+        assert (out / "adapter_model.safetensors").is_file()
+        assert not (out / "model.safetensors").exists()
+    else:
+        assert (out / "config.json").is_file()
+        assert (out / "model.safetensors").is_file()
+    assert (out / "tokenizer.json").is_file() or (out / "vocab.txt").is_file()
+    metrics = json.loads((out / "metrics.json").read_text())
+    for key in ("trainable_parameters", "total_parameters", "train_runtime", "train_samples_per_second", "eval_loss"):
+        assert key in metrics, key
+    assert 0 < metrics["trainable_parameters"] <= metrics["total_parameters"]
+    resolved = load_spec_file(out / "spec.resolved.yaml")
+    assert resolved.training.metric_for_best_model
+
+
+@pytest.mark.slow
+def test_reloaded_model_predicts_like_the_trained_one(trained: Trained) -> None:
+    import torch
+
+    from finetune_trainer import engine
+
+    loaded = engine.load_for_inference(trained.output_dir)
+    reloaded = probe_outputs(loaded.model, loaded.tokenizer, trained.case)
+    for name, expected in trained.in_memory.items():
+        torch.testing.assert_close(reloaded[name], expected, rtol=1e-4, atol=1e-5, msg=name)
+
+
+@pytest.mark.slow
+def test_only_the_method_s_parameters_train(trained: Trained) -> None:
+    metrics = trained.result.metrics
+    trainable, total = metrics["trainable_parameters"], metrics["total_parameters"]
+    if trained.case.method == "full":
+        assert trainable == total
+    else:
+        assert trainable < 0.05 * total

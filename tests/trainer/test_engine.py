@@ -1,0 +1,101 @@
+"""The engine's run lifecycle on the tiny BERT: resuming from checkpoints, early stopping, the resolved spec."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from finetune_api.validation import parse_spec
+from finetune_trainer import engine
+from tests.trainer import tiny
+
+
+class StepCounter:
+    """A TrainerCallback that counts the optimiser steps this process ran."""
+
+    def __init__(self) -> None:
+        from transformers import TrainerCallback
+
+        counter = self
+
+        class _Callback(TrainerCallback):
+            def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+                counter.steps += 1
+
+        self.steps = 0
+        self.callback = _Callback()
+
+
+def sentiment_spec(model_dir: Path, data: dict[str, Path], **training: Any) -> Any:
+    return parse_spec(
+        tiny.spec_dict(
+            model_dir,
+            {"type": "sequence-classification", "labels": ["neg", "pos"]},
+            {"train": str(data["seq_train"]), "validation": str(data["seq_val"])},
+            {"type": "lora"},
+            **{"learningRate": 1e-2, **training},
+        )
+    )
+
+
+@pytest.mark.slow
+def test_a_rerun_resumes_from_the_newest_checkpoint(
+    tmp_path: Path, tiny_bert: Path, encoder_data: dict[str, Path]
+) -> None:
+    schedule = {"evalStrategy": "no", "saveStrategy": "steps", "saveSteps": 2, "loadBestModelAtEnd": False}
+    out = tmp_path / "out"
+    engine.train(sentiment_spec(tiny_bert, encoder_data, maxSteps=4, **schedule), out)
+    assert engine.latest_checkpoint(out) == str(out / "checkpoint-4")
+
+    counter = StepCounter()
+    result = engine.train(
+        sentiment_spec(tiny_bert, encoder_data, maxSteps=8, **schedule), out, callbacks=[counter.callback]
+    )
+    assert result.metrics["global_step"] == 8
+    assert counter.steps == 4  # steps 5..8 only
+
+
+@pytest.mark.slow
+def test_early_stopping_ends_training_when_the_metric_stalls(
+    tmp_path: Path, tiny_bert: Path, encoder_data: dict[str, Path]
+) -> None:
+    spec = sentiment_spec(
+        tiny_bert,
+        encoder_data,
+        learningRate=1e-12,  # nothing changes, so the first evaluation stays the best
+        maxSteps=20,
+        evalStrategy="steps",
+        evalSteps=1,
+        saveStrategy="steps",
+        saveSteps=1,
+        earlyStoppingPatience=1,
+    )
+    result = engine.train(spec, tmp_path / "out")
+    assert result.metrics["global_step"] == 2
+
+
+@pytest.mark.slow
+def test_resolved_spec_fills_the_defaults_the_run_chose(
+    tmp_path: Path, tiny_bert: Path, encoder_data: dict[str, Path]
+) -> None:
+    out = tmp_path / "out"
+    engine.train(
+        sentiment_spec(
+            tiny_bert, encoder_data, maxSteps=2, evalStrategy="no", saveStrategy="no", loadBestModelAtEnd=False
+        ),
+        out,
+    )
+    resolved = yaml.safe_load((out / "spec.resolved.yaml").read_text())
+    assert resolved["training"]["metricForBestModel"] == "accuracy"
+    assert resolved["method"]["lora"] == {
+        "r": 8,
+        "alpha": 16,
+        "dropout": 0.05,
+        "targetModules": ["query", "value"],
+        "bias": "none",
+    }
+    assert resolved["training"]["warmupRatio"] == 0.0
+    assert parse_spec(resolved).method.lora is not None

@@ -1,0 +1,513 @@
+"""causal-lm and preference train through engine.train on a tiny random Llama, with every method.
+
+causal-lm runs each method on the text, alpaca and chatml formats (and lora on messages); preference
+runs each method on prompt/chosen/rejected text (and lora on chat turns). Each run must lower the
+training loss, write its artifacts, and reload into a model with the same logits. Around the runs:
+which tokens the loss covers per format, packing, the DPO reference policy, and the data errors.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from finetune_api.validation import load_spec_file, parse_spec
+from finetune_trainer.errors import ConfigError, DataError
+from tests.trainer import tiny, tiny_causal
+
+# Learning rates that move the tiny random model within 16 steps: adapters and soft prompts need far
+# larger steps than the full model.
+SFT_RATES = {"full": 3e-3, "lora": 2e-2, "qlora": 2e-2, "prompt-tuning": 3e-1}
+DPO_RATES = {"full": 1e-3, "lora": 1e-2, "qlora": 1e-2, "prompt-tuning": 1e-1}
+ADAPTER_METHODS = ("lora", "qlora", "prompt-tuning")
+PROBE_TEXTS = ["the apple is red and the", "Repeat the word: seven."]
+
+
+@dataclass(frozen=True)
+class Case:
+    """One task x method x format run."""
+
+    task: str
+    method: str
+    format: str = "text"  # causal-lm: task.format; preference: text or chat
+    training: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def id(self) -> str:
+        return f"{self.task}-{self.method}-{self.format}"
+
+
+CASES = [
+    *[
+        Case("causal-lm", m, f)
+        for m in ("full", "lora", "qlora", "prompt-tuning")
+        for f in ("text", "alpaca", "chatml")
+    ],
+    # Evaluation and checkpoints during training: the best checkpoint is loaded at the end.
+    Case(
+        "causal-lm",
+        "lora",
+        "messages",
+        {"evalStrategy": "steps", "evalSteps": 8, "saveStrategy": "steps", "saveSteps": 8, "loadBestModelAtEnd": True},
+    ),
+    *[Case("preference", m) for m in ("full", "lora", "qlora", "prompt-tuning")],
+    Case("preference", "lora", "chat"),
+]
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Directory of the tiny random Llama and its locally trained tokenizer."""
+    return tiny_causal.cached_tiny_causal(tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def generative_data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, str]]:
+    """Train/validation files per format, spread over csv, parquet and jsonl."""
+    root = tmp_path_factory.mktemp("generative-data")
+
+    def files(name: str, rows: Any, writer: Any, ext: str) -> dict[str, str]:
+        return {
+            "train": str(writer(root / f"{name}-train.{ext}", rows(64, seed=0))),
+            "validation": str(writer(root / f"{name}-val.{ext}", rows(16, seed=1))),
+        }
+
+    return {
+        "text": files("text", tiny_causal.text_rows, tiny.write_csv, "csv"),
+        "alpaca": files("alpaca", tiny_causal.alpaca_rows, tiny.write_parquet, "parquet"),
+        "chat": files("chat", tiny_causal.chat_rows, tiny.write_jsonl, "jsonl"),
+        "pairs": files("pairs", tiny_causal.preference_rows, tiny.write_jsonl, "jsonl"),
+        "chat-pairs": files(
+            "chat-pairs",
+            lambda n, seed: tiny_causal.preference_rows(n, seed, conversational=True),
+            tiny.write_parquet,
+            "parquet",
+        ),
+    }
+
+
+def spec_for(case: Case, model_dir: Path, data: dict[str, dict[str, str]]) -> dict[str, Any]:
+    """The spec dict of a case."""
+    training = dict(case.training)
+    if case.task == "causal-lm":
+        task: dict[str, Any] = {"type": "causal-lm", "format": case.format}
+        files = data["chat" if case.format in ("chatml", "messages") else case.format]
+        rate = SFT_RATES[case.method]
+    else:
+        task = {"type": "preference"}
+        files = data["chat-pairs" if case.format == "chat" else "pairs"]
+        rate = DPO_RATES[case.method]
+        # Preference losses are noisy per batch of 8 pairs: more steps to see the trend.
+        training = {"maxSteps": 32, **training}
+    method: dict[str, Any] = {"type": case.method}
+    if case.method in ("lora", "qlora"):
+        method["lora"] = {"r": 8, "alpha": 16, "dropout": 0.0}
+    if case.method == "prompt-tuning":
+        method["promptTuning"] = {"numVirtualTokens": 4, "initText": "Repeat the word"}
+    return tiny_causal.causal_spec(model_dir, task, files, method, learningRate=rate, **training)
+
+
+def probe_logits(model: Any, tokenizer: Any) -> Any:
+    """Next-token logits of the model on fixed texts."""
+    import torch
+
+    batch = tokenizer(PROBE_TEXTS, padding=True, return_tensors="pt")
+    model.eval()
+    with torch.no_grad():
+        return model(**batch).logits.detach().float().clone()
+
+
+@dataclass
+class Trained:
+    case: Case
+    output_dir: Path
+    result: Any
+    in_memory: Any
+
+
+@pytest.fixture(scope="module", params=CASES, ids=lambda c: c.id)
+def trained(
+    request: pytest.FixtureRequest,
+    tiny_llama: Path,
+    generative_data: dict[str, dict[str, str]],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Trained:
+    """One short training run per case, shared by the tests below."""
+    from finetune_trainer import engine
+
+    case: Case = request.param
+    spec = parse_spec(spec_for(case, tiny_llama, generative_data))
+    output_dir = tmp_path_factory.mktemp(case.id)
+    result = engine.train(spec, output_dir)
+    return Trained(case, output_dir, result, probe_logits(result.model, result.tokenizer))
+
+
+@pytest.mark.slow
+def test_training_loss_falls(trained: Trained) -> None:
+    losses = [entry["loss"] for entry in trained.result.trainer.state.log_history if "loss" in entry]
+    assert len(losses) >= 12
+    third = len(losses) // 3
+    first, last = sum(losses[:third]) / third, sum(losses[-third:]) / third
+    # DPO starts at ln 2 and moves in small steps; language modelling starts near ln(vocabulary).
+    margin = 0.02 if trained.case.task == "preference" else 0.05
+    assert last < first - margin, f"loss did not fall: {losses}"
+
+
+@pytest.mark.slow
+def test_artifacts_are_written(trained: Trained) -> None:
+    out = trained.output_dir
+    if trained.case.method in ADAPTER_METHODS:
+        assert (out / "adapter_config.json").is_file()
+        assert (out / "adapter_model.safetensors").is_file()
+        assert not (out / "model.safetensors").exists()
+        # The reference policy is the base with the adapter off: no reference adapter is saved beside it.
+        assert not (out / "ref").exists()
+    else:
+        assert (out / "model.safetensors").is_file()
+    assert (out / "tokenizer.json").is_file()
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert 0 < metrics["trainable_parameters"] <= metrics["total_parameters"]
+    assert load_spec_file(out / "spec.resolved.yaml").training.metric_for_best_model == "eval_loss"
+    if trained.case.task == "causal-lm":
+        assert metrics["eval_perplexity"] == pytest.approx(math.exp(metrics["eval_loss"]), rel=1e-6)
+    else:
+        for key in ("eval_loss", "eval_rewards/chosen", "eval_rewards/accuracies", "eval_rewards/margins"):
+            assert key in metrics, key
+
+
+@pytest.mark.slow
+def test_reloaded_model_gives_the_same_logits(trained: Trained) -> None:
+    import torch
+
+    from finetune_trainer import engine
+
+    loaded = engine.load_for_inference(trained.output_dir)
+    reloaded = probe_logits(loaded.model, loaded.tokenizer)
+    if trained.case.method != "qlora":
+        torch.testing.assert_close(reloaded, trained.in_memory, rtol=1e-4, atol=1e-5)
+        return
+    # QLoRA trains its adapter in bfloat16 (TRL's cast) over the 4-bit base; peft reloads the adapter in
+    # float32 and bitsandbytes evaluates with its CPU inference kernel: equal up to bfloat16 rounding ...
+    torch.testing.assert_close(reloaded, trained.in_memory, rtol=5e-2, atol=5e-2)
+    # ... and exactly equal when the reloaded model computes as the trained one did.
+    from finetune_trainer.methods.qlora import keep_cpu_weights_trainable
+
+    again = engine.load_for_inference(trained.output_dir).model
+    keep_cpu_weights_trainable(again)
+    for name, param in again.named_parameters():
+        if "lora_" in name:
+            param.data = param.data.to(torch.bfloat16)
+    torch.testing.assert_close(probe_logits(again, loaded.tokenizer), trained.in_memory, rtol=0, atol=0)
+
+
+@pytest.mark.slow
+def test_only_the_method_s_parameters_train(trained: Trained) -> None:
+    metrics = trained.result.metrics
+    trainable, total = metrics["trainable_parameters"], metrics["total_parameters"]
+    if trained.case.method == "full":
+        assert trainable == total
+    else:
+        assert trainable < 0.1 * total
+
+
+@pytest.mark.slow
+def test_the_dpo_reference_is_the_adapter_free_base_or_a_frozen_copy(trained: Trained) -> None:
+    if trained.case.task != "preference":
+        pytest.skip("causal-lm has no reference policy")
+    from peft import PeftModel
+
+    trainer = trained.result.trainer
+    if trained.case.method in ADAPTER_METHODS:
+        assert trainer.ref_model is None  # no second model in memory
+        assert isinstance(trainer.model, PeftModel)
+        assert list(trainer.model.peft_config) == ["default"]  # no copied reference adapter either
+    else:
+        import torch
+
+        assert trainer.ref_model is not None and trainer.ref_model is not trainer.model
+        assert not any(p.requires_grad for p in trainer.ref_model.parameters())
+        # The copy stayed the base while the policy moved away from it.
+        policy, reference = trainer.model.state_dict(), trainer.ref_model.state_dict()
+        name = "model.layers.0.self_attn.q_proj.weight"
+        assert not torch.equal(policy[name], reference[name])
+        base = engine_base_weights(trained)
+        torch.testing.assert_close(reference[name], base[name], rtol=0, atol=0)
+
+
+def engine_base_weights(trained: Trained) -> dict[str, Any]:
+    """The base checkpoint's tensors."""
+    from safetensors.torch import load_file
+
+    spec = load_spec_file(trained.output_dir / "spec.resolved.yaml")
+    return load_file(str(Path(str(spec.model.path)) / "model.safetensors"))
+
+
+# ---- which tokens the loss covers, packing, the reference at step 0: trainers built without training ----
+
+
+def build_trainer(spec_dict: dict[str, Any], output_dir: Path) -> Any:
+    """The task's trainer for a spec, assembled as engine.train assembles it, without training."""
+    from finetune_trainer import engine
+    from finetune_trainer.arguments import DeviceCapability, WorldInfo, training_kwargs
+    from finetune_trainer.data import load_datasets
+    from finetune_trainer.methods import get_method
+    from finetune_trainer.tasks import get_task
+    from finetune_trainer.tasks.base import PEFT_TASK_TYPES, RunContext
+
+    spec = parse_spec(spec_dict)
+    task, method = get_task(spec.task.type), get_method(spec.method.type)
+    model_path = engine.resolve_model_location(spec.model)
+    tokenizer = engine.load_tokenizer(spec, model_path)
+    datasets = load_datasets(spec)
+    task.check_dataset(spec, datasets)
+    device = DeviceCapability.detect()
+    kwargs = training_kwargs(
+        spec,
+        output_dir,
+        world=WorldInfo(),
+        device=device,
+        metric_for_best_model="eval_loss",
+        greater_is_better=False,
+        distributed_kwargs=engine.distributed_kwargs(spec, device),
+    )
+    model = method.prepare(
+        spec, task.load_model(spec, model_path, method.load_kwargs(spec)), PEFT_TASK_TYPES[spec.task.type]
+    )
+    ctx = RunContext(spec, output_dir, model_path, tokenizer, method, datasets, kwargs)
+    return task.build_trainer(ctx, model)
+
+
+def trained_text(trainer: Any, index: int = 0) -> tuple[str, str]:
+    """(whole example, the part with labels) of one prepared training example, decoded."""
+    example = trainer.train_dataset[index]
+    ids, labels = example["input_ids"], example["labels"]
+    decode = trainer.processing_class.decode
+    return decode(ids), decode([i for i, label in zip(ids, labels, strict=True) if label != -100])
+
+
+def sft_spec(tiny_llama: Path, data: dict[str, dict[str, str]], fmt: str, **training: Any) -> dict[str, Any]:
+    files = data["chat" if fmt in ("chatml", "messages") else fmt]
+    return tiny_causal.causal_spec(
+        tiny_llama, {"type": "causal-lm", "format": fmt}, files, {"type": "lora"}, **training
+    )
+
+
+def test_text_format_trains_on_every_token(tiny_llama: Path, generative_data: dict, tmp_path: Path) -> None:
+    trainer = build_trainer(sft_spec(tiny_llama, generative_data, "text"), tmp_path)
+    whole, labelled = trained_text(trainer)
+    assert labelled == whole and whole.endswith("<|endoftext|>")
+
+
+def test_alpaca_prompt_tokens_get_label_minus_100(tiny_llama: Path, generative_data: dict, tmp_path: Path) -> None:
+    trainer = build_trainer(sft_spec(tiny_llama, generative_data, "alpaca"), tmp_path)
+    row = tiny_causal.alpaca_rows(64, seed=0)[0]
+    whole, labelled = trained_text(trainer)
+    assert "### Instruction:" in whole and row["instruction"] in whole
+    assert labelled == row["output"] + "<|endoftext|>"
+
+
+def test_chatml_trains_on_every_assistant_turn_only(tiny_llama: Path, generative_data: dict, tmp_path: Path) -> None:
+    trainer = build_trainer(sft_spec(tiny_llama, generative_data, "chatml"), tmp_path)
+    turns = tiny_causal.chat_rows(64, seed=0)[0]["messages"]
+    whole, labelled = trained_text(trainer)
+    assert whole.startswith("<|im_start|>system\n")
+    replies = [t["content"] for t in turns if t["role"] == "assistant"]
+    # Each reply with its end-of-turn token (the model learns to stop), nothing of system or user.
+    assert labelled == "".join(reply + "<|im_end|>" for reply in replies)
+
+
+def test_messages_without_template_markers_train_on_the_last_reply(
+    tiny_llama: Path, generative_data: dict, tmp_path: Path
+) -> None:
+    # The tiny tokenizer's own ChatML template has no {% generation %} markers.
+    trainer = build_trainer(sft_spec(tiny_llama, generative_data, "messages"), tmp_path)
+    turns = tiny_causal.chat_rows(64, seed=0)[0]["messages"]
+    whole, labelled = trained_text(trainer)
+    assert turns[2]["content"] in whole  # the first reply is context
+    assert labelled.startswith(turns[-1]["content"] + "<|im_end|>")
+    assert turns[2]["content"] not in labelled
+
+
+def test_messages_needs_a_chat_template(tiny_llama: Path, generative_data: dict, tmp_path: Path) -> None:
+    import shutil
+
+    bare = tmp_path / "no-template"
+    shutil.copytree(tiny_llama, bare)
+    (bare / "chat_template.jinja").unlink(missing_ok=True)
+    config = json.loads((bare / "tokenizer_config.json").read_text())
+    config.pop("chat_template", None)
+    (bare / "tokenizer_config.json").write_text(json.dumps(config))
+    spec = sft_spec(bare, generative_data, "messages")
+    with pytest.raises(ConfigError, match=r"has none; use task\.format chatml"):
+        build_trainer(spec, tmp_path / "out")
+    # validate finds it too, from the tokenizer alone.
+    from datasets import DatasetDict
+    from transformers import AutoTokenizer
+
+    from finetune_trainer.tasks.causal_lm import CausalLmTask
+
+    with pytest.raises(ConfigError, match=r"task\.format: messages"):
+        CausalLmTask().check_with_tokenizer(parse_spec(spec), DatasetDict(), AutoTokenizer.from_pretrained(bare))
+
+
+def test_packing_keeps_documents_apart_and_prompts_out_of_the_loss(
+    tiny_llama: Path, generative_data: dict, tmp_path: Path
+) -> None:
+    trainer = build_trainer(sft_spec(tiny_llama, generative_data, "alpaca", packing=True, maxSeqLength=256), tmp_path)
+    packed = trainer.train_dataset
+    assert len(packed) < 64 and "seq_lengths" in packed.column_names
+    batch = trainer.data_collator([packed[0]])
+    lengths = packed[0]["seq_lengths"]
+    assert len(lengths) > 1  # several examples in one sequence
+    # Positions restart at each document (the attention mask is block-diagonal from them) ...
+    positions = batch["position_ids"][0].tolist()
+    starts = [i for i, p in enumerate(positions) if p == 0]
+    assert len(starts) == len(lengths)
+    # ... and the labels still cover only each document's response.
+    _, labelled = trained_text(trainer)
+    assert "### Instruction:" not in labelled and labelled.count("<|endoftext|>") == len(lengths)
+
+
+@pytest.mark.slow
+def test_packed_training_lowers_the_loss(tiny_llama: Path, generative_data: dict, tmp_path: Path) -> None:
+    trainer = build_trainer(
+        sft_spec(tiny_llama, generative_data, "text", packing=True, maxSeqLength=64, learningRate=2e-2), tmp_path
+    )
+    trainer.train()
+    losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
+    assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3 - 0.05, losses
+
+
+def dpo_spec(tiny_llama: Path, data: dict[str, dict[str, str]], method: str, **extra: Any) -> dict[str, Any]:
+    method_spec: dict[str, Any] = {"type": method}
+    return tiny_causal.causal_spec(tiny_llama, {"type": "preference"}, data["pairs"], method_spec, **extra)
+
+
+@pytest.mark.parametrize("method", ["lora", "qlora"])
+def test_dpo_reference_equals_the_starting_policy(
+    method: str, tiny_llama: Path, generative_data: dict, tmp_path: Path
+) -> None:
+    # A fresh LoRA adapter changes nothing, so the adapter-free base is exactly the starting policy:
+    # before any step every implicit reward is zero.
+    trainer = build_trainer(dpo_spec(tiny_llama, generative_data, method), tmp_path)
+    metrics = trainer.evaluate()
+    assert metrics["eval_rewards/chosen"] == pytest.approx(0.0, abs=1e-6)
+    assert metrics["eval_rewards/margins"] == pytest.approx(0.0, abs=1e-6)
+    assert metrics["eval_loss"] == pytest.approx(math.log(2), abs=1e-5)
+
+
+def test_dpo_keeps_the_end_of_long_prompts(tiny_llama: Path, generative_data: dict, tmp_path: Path) -> None:
+    spec = dpo_spec(tiny_llama, generative_data, "lora", dpo={"maxPromptLength": 3})
+    trainer = build_trainer(spec, tmp_path)
+    row = tiny_causal.preference_rows(64, seed=0)[0]
+    prompt_ids = trainer.train_dataset[0]["prompt_ids"]
+    assert len(prompt_ids) == 3
+    full = trainer.processing_class(row["prompt"])["input_ids"]
+    assert prompt_ids == full[-3:]
+
+
+def test_dpo_settings_reach_the_trainer(tiny_llama: Path, generative_data: dict, tmp_path: Path) -> None:
+    spec = dpo_spec(tiny_llama, generative_data, "lora", dpo={"beta": 0.3, "lossType": "ipo"}, maxSeqLength=96)
+    trainer = build_trainer(spec, tmp_path)
+    assert trainer.args.beta == 0.3 and trainer.args.loss_type == ["ipo"] and trainer.args.max_length == 96
+    # TRL's own defaults (bf16, activation checkpointing) do not leak in: the spec decides.
+    assert trainer.args.bf16 is False and trainer.args.activation_checkpointing is False
+
+
+# ---- data errors: name the split, row, column and the fix ----
+
+
+def check(task_type: str, rows: list[dict[str, Any]], fmt: str | None = None, columns: dict | None = None) -> None:
+    from datasets import Dataset, DatasetDict
+
+    from finetune_trainer.tasks import get_task
+
+    task: dict[str, Any] = {"type": task_type}
+    if fmt:
+        task["format"] = fmt
+    if columns:
+        task["columns"] = columns
+    spec = parse_spec(tiny_causal.causal_spec(Path("/models/x"), task, {"train": "/data/train.jsonl"}))
+    get_task(task_type).check_dataset(spec, DatasetDict({"train": Dataset.from_list(rows)}))
+
+
+def test_missing_alpaca_output_column_is_named() -> None:
+    with pytest.raises(DataError, match=r"no column 'output'.*task\.columns\.output"):
+        check("causal-lm", [{"instruction": "say hi", "input": ""}], "alpaca")
+
+
+def test_alpaca_input_column_may_be_absent() -> None:
+    check("causal-lm", [{"instruction": "say hi", "output": "hi"}], "alpaca")
+
+
+def test_mapped_columns_are_read() -> None:
+    check("causal-lm", [{"body": "some text"}], "text", {"text": "body"})
+    with pytest.raises(DataError, match="no column 'body'"):
+        check("causal-lm", [{"text": "some text"}], "text", {"text": "body"})
+
+
+def test_text_column_must_hold_text() -> None:
+    with pytest.raises(DataError, match=r"column 'text' \(text role\).*not text"):
+        check("causal-lm", [{"text": 3}], "text")
+
+
+@pytest.mark.parametrize(
+    ("messages", "fragment"),
+    [
+        ("hello", "expected a list"),
+        ([{"role": "bot", "content": "hi"}], "role 'bot'"),
+        ([{"role": "user", "content": "hi"}], "no assistant turn"),
+        ([{"role": "user", "content": ["hi"]}], "content must be a string"),
+        ([], "empty"),
+    ],
+    ids=["not-a-list", "unknown-role", "no-assistant", "non-text-content", "empty"],
+)
+def test_malformed_messages_are_refused(messages: Any, fragment: str) -> None:
+    with pytest.raises(DataError, match=r"row 0, column 'messages' \(messages role\)") as err:
+        check("causal-lm", [{"messages": messages}], "chatml")
+    assert fragment in str(err.value)
+
+
+def test_the_first_malformed_conversation_is_named_by_row() -> None:
+    good = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
+    bad = [{"role": "user", "content": "hi"}, {"role": "bot", "content": "hello"}]
+    with pytest.raises(DataError, match=r"row 2, column 'messages'.*turn 1 has role 'bot'"):
+        check("causal-lm", [{"messages": good}, {"messages": good}, {"messages": bad}], "messages")
+
+
+def test_messages_as_json_strings_are_accepted() -> None:
+    turns = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
+    check("causal-lm", [{"messages": json.dumps(turns)}], "messages")
+
+
+def test_preference_needs_chosen_and_rejected() -> None:
+    with pytest.raises(DataError, match="no column 'rejected'"):
+        check("preference", [{"prompt": "p", "chosen": "a"}])
+
+
+def test_preference_text_pairs_need_a_prompt() -> None:
+    with pytest.raises(DataError, match="no column 'prompt'"):
+        check("preference", [{"chosen": "a", "rejected": "b"}])
+
+
+def test_preference_conversations_may_carry_their_prompt() -> None:
+    user = {"role": "user", "content": "hi"}
+    check(
+        "preference",
+        [
+            {
+                "chosen": [user, {"role": "assistant", "content": "a"}],
+                "rejected": [user, {"role": "assistant", "content": "b"}],
+            }
+        ],
+    )
+
+
+def test_preference_refuses_text_mixed_with_turns() -> None:
+    with pytest.raises(DataError, match="both hold text or both hold chat turns"):
+        check("preference", [{"prompt": "p", "chosen": "a", "rejected": [{"role": "assistant", "content": "b"}]}])

@@ -1,0 +1,104 @@
+"""Command line of the trainer image.
+
+    python -m finetune_trainer run --config job.yaml --output-dir /outputs
+    python -m finetune_trainer validate --config job.yaml
+
+``--config`` takes a whole FineTuneJob manifest or a bare spec. ``run`` works unchanged under
+``torchrun --nproc-per-node N`` and ``accelerate launch``: every process runs it and only
+rank 0 writes outputs. Errors a person can fix end the process with a message (no traceback)
+and the exit code the operator's podFailurePolicy reads: 3 for the spec, 4 for the data.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+
+from finetune_api.validation import InvalidSpec, load_spec_file
+from finetune_trainer.arguments import WorldInfo
+from finetune_trainer.errors import EXIT_CONFIG, EXIT_OK, ConfigError, DataError, TrainerError
+
+log = logging.getLogger("finetune_trainer")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="finetune_trainer", description="Fine-tune a Hugging Face model from a FineTuneJob spec."
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("run", help="train the model the spec describes into --output-dir")
+    run.add_argument("--config", required=True, help="FineTuneJob YAML (manifest or bare spec)")
+    run.add_argument("--output-dir", required=True, help="directory for checkpoints, the model and metrics.json")
+    validate = commands.add_parser(
+        "validate", help="check the spec and the dataset's splits, columns and labels without loading the model"
+    )
+    validate.add_argument("--config", required=True, help="FineTuneJob YAML (manifest or bare spec)")
+    return parser
+
+
+def _configure_logging(world: WorldInfo) -> None:
+    # Rank 0 tells the story; the other ranks only speak up when something is wrong.
+    level = logging.INFO if world.is_main else logging.WARNING
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+
+
+def validate_command(config: str) -> int:
+    """Check spec, splits, columns and labels (and tokenizer-level fits); print OK and a summary."""
+    import datasets
+
+    from finetune_trainer.data import load_datasets
+    from finetune_trainer.engine import load_tokenizer, resolve_model_location
+    from finetune_trainer.methods import get_method
+    from finetune_trainer.tasks import get_task
+    from finetune_trainer.tasks.base import ChecksWithTokenizer
+
+    datasets.disable_progress_bars()
+    spec = load_spec_file(config)
+    task = get_task(spec.task.type)
+    get_method(spec.method.type)
+    splits = load_datasets(spec)
+    task.check_dataset(spec, splits)
+    if isinstance(task, ChecksWithTokenizer):
+        # Tokenizer only (small files): never the model weights.
+        model_path = resolve_model_location(spec.model, spec.output.s3)
+        task.check_with_tokenizer(spec, splits, load_tokenizer(spec, model_path))
+    rows = ", ".join(f"{name} {len(split)} rows" for name, split in splits.items())
+    print(f"OK: {spec.task.type} with {spec.method.type}; {rows}")
+    return EXIT_OK
+
+
+def run_command(config: str, output_dir: str) -> int:
+    """Train into output_dir; rank 0 prints the final metrics as JSON."""
+    from finetune_trainer import engine
+
+    spec = load_spec_file(config)
+    metrics = engine.run(spec, output_dir)
+    if WorldInfo.from_env().is_main:
+        print(json.dumps(metrics, sort_keys=True))
+    return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the process exit code."""
+    args = _parser().parse_args(argv)
+    world = WorldInfo.from_env()
+    _configure_logging(world)
+    try:
+        if args.command == "validate":
+            return validate_command(args.config)
+        return run_command(args.config, args.output_dir)
+    except InvalidSpec as err:
+        print(f"config error: {err}", file=sys.stderr)
+        return EXIT_CONFIG
+    except TrainerError as err:
+        kind = {ConfigError: "config error", DataError: "data error"}.get(type(err), "error")
+        prefix = f"[rank {world.rank}] " if world.world_size > 1 else ""
+        print(f"{prefix}{kind}: {err}", file=sys.stderr)
+        return err.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,299 @@
+"""One training run, top to bottom: resolve, load, check, prepare, train, evaluate, save.
+
+``run(spec, output_dir)`` is what the CLI calls, once per process: under torchrun or accelerate
+launch every rank runs it, the Trainer does the distributed work, and only rank 0 writes files.
+Outputs in ``output_dir``:
+
+- the model (``full``, ``feature-extraction``) or the adapter with the task head (peft methods),
+  and the tokenizer, loadable with :func:`load_for_inference`;
+- ``checkpoint-N/`` directories written during training (a rerun resumes from the newest);
+- ``metrics.json``: final eval metrics, parameter counts, train runtime and throughput;
+- ``spec.resolved.yaml``: the spec with every default filled in;
+- ``trainer_state.json``: the Trainer's log history.
+
+With ``spec.output.s3`` every checkpoint is also uploaded as it is saved, a restarted run resumes
+from the newest complete checkpoint in S3, and the outputs above go to S3 at the end
+(:mod:`finetune_trainer.checkpoints`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import yaml
+
+from finetune_api.spec import FineTuneJobSpec, LoraOptions, PromptTuningOptions, QuantizationOptions, wire
+from finetune_api.validation import load_spec_file
+from finetune_trainer.arguments import DeviceCapability, WorldInfo, resolve_precision, training_kwargs
+from finetune_trainer.data import load_datasets
+from finetune_trainer.errors import ConfigError
+from finetune_trainer.methods import get_method
+from finetune_trainer.methods.base import count_parameters
+from finetune_trainer.tasks import get_task
+from finetune_trainer.tasks.base import (
+    PEFT_TASK_TYPES,
+    ChecksWithTokenizer,
+    RunContext,
+    best_model_metric,
+    pretrained_kwargs,
+)
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase, Trainer
+
+    from finetune_api.spec import ModelSource, S3Location
+
+log = logging.getLogger(__name__)
+
+METRICS_FILE = "metrics.json"
+RESOLVED_SPEC_FILE = "spec.resolved.yaml"
+ADAPTER_CONFIG_FILE = "adapter_config.json"
+CHECKPOINT_DIR = re.compile(r"^checkpoint-(\d+)$")
+# Written last by Trainer._save_checkpoint: its presence marks a checkpoint as complete.
+CHECKPOINT_COMPLETE_MARKER = "trainer_state.json"
+
+
+@dataclass
+class RunResult:
+    """What a run leaves in memory: the metrics written to metrics.json and the trained objects."""
+
+    metrics: dict[str, Any]
+    model: Any  # the trained model as the Trainer holds it (a PeftModel for adapter methods)
+    tokenizer: PreTrainedTokenizerBase
+    trainer: Trainer
+    output_dir: Path
+
+
+@dataclass
+class InferenceModel:
+    """A saved run loaded back: the model in eval mode, its tokenizer and the resolved spec."""
+
+    model: Any
+    tokenizer: PreTrainedTokenizerBase
+    spec: FineTuneJobSpec
+
+
+def resolve_model_location(source: ModelSource, s3: S3Location | None = None) -> str:
+    """The hub id or local directory the model and tokenizer load from.
+
+    An s3:// model.uri is downloaded into the local cache by the storage module (connection settings
+    of ``s3``, spec.output.s3, else the environment's).
+    """
+    if source.uri is not None:
+        from finetune_trainer.storage import fetch_directory
+
+        return str(fetch_directory(source.uri, field="model.uri", location=s3))
+    if source.path is not None:
+        path = Path(source.path).expanduser()
+        if not path.is_dir():
+            raise ConfigError(f"model.path: {path} is not a directory; give the directory of a saved model")
+        return str(path)
+    assert source.name is not None  # the spec rules guarantee exactly one source
+    return source.name
+
+
+def load_tokenizer(spec: FineTuneJobSpec, model_path: str) -> PreTrainedTokenizerBase:
+    """The model's tokenizer, with a pad token (batches are padded) and word-split input support."""
+    from transformers import AutoTokenizer
+
+    field = "model.path" if spec.model.path else "model.name"
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model_path, **pretrained_kwargs(spec, model_path))
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"{field}: cannot load a tokenizer from {model_path}: {err}") from None
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    pre_tokenizer = getattr(backend, "pre_tokenizer", None)
+    if (
+        spec.task.type == "token-classification"
+        and backend is not None
+        and pre_tokenizer is not None
+        and type(pre_tokenizer).__name__ == "ByteLevel"
+        and not getattr(pre_tokenizer, "add_prefix_space", True)
+    ):
+        # Byte-level BPE (RoBERTa, GPT-2, Llama 3) encodes a word differently at the start of a text than
+        # after a space; pre-split words must all get the in-sentence form, which a prefix space gives them.
+        pre_tokenizer.add_prefix_space = True
+        backend.pre_tokenizer = pre_tokenizer
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise ConfigError(f"{field}: the tokenizer of {model_path} has neither a pad nor an eos token")
+        # Padding positions are masked out, so reusing eos as padding changes no result.
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def latest_checkpoint(output_dir: Path) -> str | None:
+    """The newest complete ``checkpoint-N`` in output_dir (one interrupted mid-save is skipped)."""
+    if not output_dir.is_dir():
+        return None
+    found = []
+    for child in output_dir.iterdir():
+        match = CHECKPOINT_DIR.match(child.name)
+        if match and child.is_dir() and (child / CHECKPOINT_COMPLETE_MARKER).is_file():
+            found.append((int(match.group(1)), child))
+    return str(max(found)[1]) if found else None
+
+
+def distributed_kwargs(spec: FineTuneJobSpec, device: DeviceCapability) -> dict[str, Any]:
+    """DeepSpeed / FSDP TrainingArguments for the spec's strategy (empty for one process or DDP)."""
+    from finetune_api.distributed import training_kwargs as strategy_kwargs
+
+    return strategy_kwargs(spec, precision=resolve_precision(spec.training.precision, device))
+
+
+def check_sequence_length(spec: FineTuneJobSpec, model: Any, tokenizer: PreTrainedTokenizerBase) -> None:
+    """training.maxSeqLength must fit the model's position embeddings."""
+    limits = [getattr(getattr(model, "config", None), "max_position_embeddings", None)]
+    if tokenizer.model_max_length and tokenizer.model_max_length < 1_000_000:  # unset means a huge sentinel
+        limits.append(tokenizer.model_max_length)
+    limit = min((x for x in limits if isinstance(x, int)), default=None)
+    if limit is not None and spec.training.max_seq_length > limit:
+        raise ConfigError(
+            f"training.maxSeqLength {spec.training.max_seq_length} is longer than the model's {limit} positions; "
+            f"set it to {limit} or less"
+        )
+
+
+def train(spec: FineTuneJobSpec, output_dir: str | Path, *, callbacks: list[Any] | None = None) -> RunResult:
+    """Train per the spec, save the artifacts in output_dir, and return them with the metrics.
+
+    ``callbacks`` are extra TrainerCallbacks (progress reporting, checkpoint upload).
+    """
+    from transformers import EarlyStoppingCallback, set_seed
+
+    from finetune_trainer import checkpoints
+
+    out = Path(output_dir)
+    # S3 first: refused credentials, a missing bucket or a checkpoint of another spec fail before anything loads.
+    s3_output = checkpoints.open_output(spec, out)
+    task = get_task(spec.task.type)
+    method = get_method(spec.method.type)
+    world = WorldInfo.from_env()
+    device = DeviceCapability.detect()
+
+    model_path = resolve_model_location(spec.model, spec.output.s3)
+    tokenizer = load_tokenizer(spec, model_path)
+    datasets = load_datasets(spec)
+    task.check_dataset(spec, datasets)
+    if isinstance(task, ChecksWithTokenizer):
+        task.check_with_tokenizer(spec, datasets, tokenizer)
+
+    metric, greater_is_better = best_model_metric(task, spec)
+    kwargs = training_kwargs(
+        spec,
+        out,
+        world=world,
+        device=device,
+        metric_for_best_model=metric,
+        greater_is_better=greater_is_better,
+        distributed_kwargs=distributed_kwargs(spec, device),
+    )
+
+    # The head is initialised randomly: seed it so reruns (and resumes) start from the same weights.
+    set_seed(spec.training.seed)
+    try:
+        model = task.load_model(spec, model_path, method.load_kwargs(spec))
+    except OSError as err:
+        field = "model.path" if spec.model.path else "model.name"
+        raise ConfigError(f"{field}: cannot load a model from {model_path}: {err}") from None
+    check_sequence_length(spec, model, tokenizer)
+    model = method.prepare(spec, model, PEFT_TASK_TYPES[spec.task.type])
+    trainable, total = count_parameters(model)
+    log.info("parameters: %s trainable of %s (%.3f%%)", f"{trainable:,}", f"{total:,}", 100 * trainable / total)
+
+    all_callbacks = list(callbacks or [])
+    if spec.training.early_stopping_patience is not None:
+        all_callbacks.append(EarlyStoppingCallback(early_stopping_patience=spec.training.early_stopping_patience))
+    if s3_output is not None:
+        all_callbacks.append(s3_output.callback)  # uploads every checkpoint as it is saved
+    ctx = RunContext(
+        spec=spec,
+        output_dir=out,
+        model_path=model_path,
+        tokenizer=tokenizer,
+        method=method,
+        datasets=datasets,
+        training_kwargs=kwargs,
+        callbacks=all_callbacks,
+    )
+    trainer = task.build_trainer(ctx, model)
+
+    checkpoint = latest_checkpoint(out)
+    if s3_output is not None:
+        checkpoint = s3_output.restore(trainer, checkpoint)  # the newest complete checkpoint in S3, downloaded
+    if checkpoint:
+        log.info("resuming from %s", checkpoint)
+    train_output = trainer.train(resume_from_checkpoint=checkpoint)
+    eval_metrics = trainer.evaluate() if trainer.eval_dataset is not None else {}
+
+    # Every rank calls save_model (DeepSpeed/FSDP gather weights collectively); only rank 0 writes.
+    trainer.save_model(str(out))
+    trainer.save_state()
+    metrics: dict[str, Any] = {
+        **eval_metrics,
+        **{k: v for k, v in train_output.metrics.items() if k.startswith("train_") or k == "epoch"},
+        "global_step": trainer.state.global_step,
+        "trainable_parameters": trainable,
+        "total_parameters": total,
+    }
+    if trainer.is_world_process_zero():
+        out.mkdir(parents=True, exist_ok=True)
+        (out / METRICS_FILE).write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+        resolved = resolved_spec(spec, metric, trainer.model)
+        (out / RESOLVED_SPEC_FILE).write_text(yaml.safe_dump(wire(resolved), sort_keys=False))
+    if s3_output is not None:
+        s3_output.finish(trainer, metrics, model_path=model_path)  # final artifacts and manifest to S3
+    return RunResult(metrics=metrics, model=trainer.model, tokenizer=tokenizer, trainer=trainer, output_dir=out)
+
+
+def run(spec: FineTuneJobSpec, output_dir: str | Path) -> dict[str, Any]:
+    """Train per the spec into output_dir; the metrics written to metrics.json."""
+    return train(spec, output_dir).metrics
+
+
+def resolved_spec(spec: FineTuneJobSpec, metric: str, model: Any) -> FineTuneJobSpec:
+    """The spec with the defaults the run chose written in: best-model metric, method options, LoRA targets."""
+    training = spec.training.model_copy(update={"metric_for_best_model": metric})
+    method = spec.method
+    if method.type in ("lora", "qlora"):
+        lora = method.lora or LoraOptions()
+        peft_config = getattr(model, "peft_config", {}).get("default")
+        targets = getattr(peft_config, "target_modules", None)
+        if not lora.target_modules and targets:
+            lora = lora.model_copy(update={"target_modules": sorted(targets)})
+        method = method.model_copy(update={"lora": lora})
+    if method.type == "qlora" and method.quantization is None:
+        method = method.model_copy(update={"quantization": QuantizationOptions()})
+    if method.type == "prompt-tuning" and method.prompt_tuning is None:
+        method = method.model_copy(update={"prompt_tuning": PromptTuningOptions()})
+    return spec.model_copy(update={"training": training, "method": method})
+
+
+def load_for_inference(output_dir: str | Path, *, base_model_path: str | None = None) -> InferenceModel:
+    """Load a finished run's model (or base + adapter) and tokenizer from output_dir, in eval mode.
+
+    Adapters are applied to the base model named in spec.resolved.yaml; ``base_model_path``
+    overrides where that base loads from.
+    """
+    from transformers import AutoTokenizer
+
+    out = Path(output_dir)
+    spec = load_spec_file(out / RESOLVED_SPEC_FILE)
+    task = get_task(spec.task.type)
+    tokenizer = AutoTokenizer.from_pretrained(str(out))
+    model: Any
+    if (out / ADAPTER_CONFIG_FILE).is_file():
+        from peft import PeftModel
+
+        base_path = base_model_path or resolve_model_location(spec.model, spec.output.s3)
+        base = task.load_model(spec, base_path, get_method(spec.method.type).load_kwargs(spec))
+        model = PeftModel.from_pretrained(base, str(out))
+    else:
+        model = task.load_model(spec, str(out), {})
+    model.eval()
+    return InferenceModel(model=model, tokenizer=tokenizer, spec=spec)

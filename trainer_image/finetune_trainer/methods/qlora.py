@@ -1,0 +1,123 @@
+"""QLoRA: the frozen base quantised to 4 bits by bitsandbytes (NF4 or FP4), LoRA adapters trained on top.
+
+The 4-bit settings come from ``method.quantization`` (quant type, double quantisation of the scales,
+the dtype the weights are dequantised to for each matmul); the adapter is exactly the lora method's
+(:func:`finetune_trainer.methods.lora.lora_config`: same defaults, same target modules).
+
+bitsandbytes 0.50 has a CPU backend, so QLoRA also trains without a GPU (slowly: every matmul
+dequantises its weight first). One CPU quirk is switched off here, see :func:`keep_cpu_weights_trainable`.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING, Any
+
+from finetune_trainer.errors import ConfigError
+from finetune_trainer.methods.lora import attach_adapter, lora_config
+
+if TYPE_CHECKING:
+    from peft import LoraConfig
+    from torch import nn
+    from transformers import BitsAndBytesConfig, PreTrainedModel
+
+    from finetune_api.spec import FineTuneJobSpec
+
+
+def shards_parameters(spec: FineTuneJobSpec) -> bool:
+    """Whether the strategy splits parameters across ranks (ZeRO-3, FSDP), which needs uniform storage dtypes."""
+    strategy = spec.distributed.strategy
+    if strategy == "fsdp":
+        return True
+    return strategy == "deepspeed" and spec.distributed.deepspeed is not None and spec.distributed.deepspeed.stage == 3
+
+
+def bnb_config(spec: FineTuneJobSpec) -> BitsAndBytesConfig:
+    """The BitsAndBytesConfig from method.quantization (defaults: NF4, double quantisation, bfloat16 compute)."""
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    from finetune_api.spec import QuantizationOptions
+
+    opts = spec.method.quantization or QuantizationOptions()
+    compute_dtype = getattr(torch, opts.compute_dtype)
+    kwargs: dict[str, Any] = {
+        "load_in_4bit": True,
+        "bnb_4bit_quant_type": opts.quant_type,
+        "bnb_4bit_use_double_quant": opts.double_quant,
+        "bnb_4bit_compute_dtype": compute_dtype,
+    }
+    if shards_parameters(spec):
+        # ZeRO-3 and FSDP flatten parameters of one dtype into shards: store the packed 4-bit values in the
+        # compute dtype so they shard beside the (same-dtype) unquantised parameters.
+        kwargs["bnb_4bit_quant_storage"] = compute_dtype
+    return BitsAndBytesConfig(**kwargs)
+
+
+def quantized_layers(model: nn.Module) -> list[str]:
+    """Names of the bitsandbytes 4-bit linear layers in the model."""
+    import bitsandbytes as bnb
+
+    return [name for name, module in model.named_modules() if isinstance(module, bnb.nn.Linear4bit)]
+
+
+def keep_cpu_weights_trainable(model: nn.Module) -> None:
+    """Stop bitsandbytes from repacking 4-bit weights for CPU inference the first time the model evaluates.
+
+    On CPUs with AVX512-BF16, ``Linear4bit.forward`` in eval mode rewrites its weight in place into an
+    inference-only layout whose matmul (``gemv_4bit``) has no autograd formula. Training after the first
+    evaluation then backpropagates through it without gradients, silently: every LoRA gradient is None
+    and the loss stops moving. The plain dequantise-and-matmul path is used for evaluation instead.
+    """
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            setattr(module, "support_avx512bf16_for_cpu", False)  # noqa: B010 (a bitsandbytes attribute)
+
+
+class QloraMethod:
+    """4-bit base (bitsandbytes) + LoRA; the saved artifact is the adapter, as for lora."""
+
+    name = "qlora"
+
+    def load_kwargs(self, spec: FineTuneJobSpec) -> dict[str, Any]:
+        """``quantization_config`` for from_pretrained; unquantised parts keep the checkpoint's dtype.
+
+        On GPUs each process places its whole model on its own device (``LOCAL_RANK``): bitsandbytes
+        quantises while loading, onto the device it is loaded to.
+        """
+        import torch
+
+        kwargs: dict[str, Any] = {"quantization_config": bnb_config(spec)}
+        # ZeRO-3 and FSDP place (and shard) the parameters themselves and refuse a device map.
+        if torch.cuda.is_available() and not shards_parameters(spec):
+            kwargs["device_map"] = {"": int(os.environ.get("LOCAL_RANK", "0"))}
+        return kwargs
+
+    def peft_config(self, spec: FineTuneJobSpec, model: PreTrainedModel, task_type: str) -> LoraConfig:
+        """The lora method's LoraConfig (method.lora, per-architecture target modules)."""
+        return lora_config(spec, model, task_type)
+
+    def prepare(self, spec: FineTuneJobSpec, model: PreTrainedModel, task_type: str) -> Any:
+        """Freeze and prepare the 4-bit base (peft's prepare_model_for_kbit_training), then attach LoRA."""
+        from peft import prepare_model_for_kbit_training
+
+        if not quantized_layers(model):
+            raise ConfigError(
+                "method.type: qlora loaded no 4-bit layers (bitsandbytes found no nn.Linear to quantise in this "
+                "architecture); use method lora"
+            )
+        keep_cpu_weights_trainable(model)
+        if shards_parameters(spec):
+            # prepare_model_for_kbit_training upcasts every unquantised parameter to float32, which would break
+            # the single storage dtype that ZeRO-3/FSDP shards need; freeze the base and keep its dtypes instead.
+            for param in model.parameters():
+                param.requires_grad_(False)
+            if spec.training.gradient_checkpointing:
+                model.enable_input_require_grads()
+        else:
+            model = prepare_model_for_kbit_training(
+                model,
+                use_gradient_checkpointing=spec.training.gradient_checkpointing,
+                gradient_checkpointing_kwargs={"use_reentrant": False},
+            )
+        return attach_adapter(model, self.peft_config(spec, model, task_type), "method.lora.targetModules")

@@ -1,0 +1,210 @@
+"""Sequence classification: one label per text (softmax, cross-entropy) or several (sigmoid, BCE).
+
+Columns (roles): ``text``, optional ``textPair`` (a second segment, e.g. NLI hypotheses) and
+``label``. Single-label rows hold a label name or id; multi-label rows hold a list of label
+names or a multi-hot list with one 0/1 entry per label of task.labels.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from finetune_trainer.data import describe_split, require_columns
+from finetune_trainer.errors import DataError
+from finetune_trainer.tasks.base import (
+    LabelIndex,
+    RunContext,
+    column_roles_for,
+    pad_multiple,
+    pretrained_kwargs,
+    training_arguments,
+)
+
+if TYPE_CHECKING:
+    import numpy as np
+    from datasets import Dataset, DatasetDict
+    from transformers import EvalPrediction, PreTrainedModel, PreTrainedTokenizerBase, Trainer
+
+    from finetune_api.spec import FineTuneJobSpec
+
+
+class LabelEncoder:
+    """Row label values -> training targets: an id (single label) or a multi-hot float list (multi-label)."""
+
+    def __init__(self, labels: list[str], multi_label: bool):
+        self.index = LabelIndex(labels)
+        self.multi_label = multi_label
+
+    def encode(self, value: Any) -> int | list[float]:
+        """The target for one row; ValueError with a message a person can act on."""
+        if not self.multi_label:
+            if isinstance(value, list):
+                raise ValueError(
+                    f"label {value!r} is a list, but task.multiLabel is false; give one label per row "
+                    "or set task.multiLabel: true"
+                )
+            return self.index.id_of(value)
+        n = len(self.index.labels)
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list):
+            raise ValueError(
+                f"label {value!r} is not a list; with task.multiLabel each row's label is a list of label names "
+                f"or a multi-hot list of {n} zeros and ones"
+            )
+        hot = [0.0] * n
+        if value and all(not isinstance(v, str) for v in value):
+            # Numbers: a multi-hot vector, one entry per label of task.labels.
+            if len(value) != n or any(v not in (0, 1) for v in value):
+                raise ValueError(
+                    f"label {value!r} is not a multi-hot list of {n} zeros and ones (one per task.labels entry: "
+                    f"{', '.join(self.index.labels)}); give label names instead, or fix the list"
+                )
+            return [float(v) for v in value]
+        for name in value:
+            if not isinstance(name, str) or name not in self.index.by_name:
+                raise ValueError(self.index.unknown(name))
+            hot[self.index.by_name[name]] = 1.0
+        return hot
+
+
+class SequenceClassificationTask:
+    """AutoModelForSequenceClassification with dynamic padding; accuracy/F1 (single) or micro/macro F1 (multi)."""
+
+    name = "sequence-classification"
+    default_metric = "accuracy"
+    greater_is_better = True
+
+    def default_metric_for(self, spec: FineTuneJobSpec) -> tuple[str, bool]:
+        """Micro F1 picks the best multi-label checkpoint (subset accuracy is too coarse); accuracy otherwise."""
+        return ("f1_micro", True) if spec.task.multi_label else ("accuracy", True)
+
+    def column_roles(self, spec: FineTuneJobSpec) -> dict[str, str]:
+        """text, textPair and label columns (task.columns over the defaults)."""
+        return column_roles_for(spec)
+
+    def _read_roles(self, spec: FineTuneJobSpec, dataset: Dataset) -> dict[str, str]:
+        """The roles this dataset feeds: textPair only when named in the spec or its default column exists."""
+        roles = self.column_roles(spec)
+        read = {"text": roles["text"], "label": roles["label"]}
+        if "textPair" in spec.task.columns or roles["textPair"] in dataset.column_names:
+            read["textPair"] = roles["textPair"]
+        return read
+
+    def check_dataset(self, spec: FineTuneJobSpec, datasets: DatasetDict) -> None:
+        """Columns present, texts are strings, every label is in task.labels."""
+        encoder = LabelEncoder(spec.task.labels, spec.task.multi_label)
+        for split, dataset in datasets.items():
+            roles = self._read_roles(spec, dataset)
+            require_columns(dataset, spec, split, roles)
+            for role in ("text", "textPair"):
+                if role in roles:
+                    _check_strings(dataset, spec, split, roles[role], role)
+            for row, value in enumerate(dataset[roles["label"]]):
+                try:
+                    encoder.encode(value)
+                except ValueError as err:
+                    raise DataError(
+                        f"{describe_split(spec, split)} row {row}, column {roles['label']!r}: {err}"
+                    ) from None
+
+    def load_model(self, spec: FineTuneJobSpec, model_path: str, load_kwargs: dict[str, Any]) -> PreTrainedModel:
+        """The model with a classification head of len(task.labels) outputs, labelled by name."""
+        from transformers import AutoModelForSequenceClassification
+
+        labels = spec.task.labels
+        model: PreTrainedModel = AutoModelForSequenceClassification.from_pretrained(
+            model_path,
+            num_labels=len(labels),
+            id2label=dict(enumerate(labels)),
+            label2id={name: i for i, name in enumerate(labels)},
+            problem_type="multi_label_classification" if spec.task.multi_label else "single_label_classification",
+            # A checkpoint fine-tuned on other labels has a head of another size: replace it.
+            ignore_mismatched_sizes=True,
+            **pretrained_kwargs(spec, model_path),
+            **load_kwargs,
+        )
+        return model
+
+    def preprocess(self, spec: FineTuneJobSpec, dataset: Dataset, tokenizer: PreTrainedTokenizerBase) -> Dataset:
+        """Tokenised inputs (truncated to maxSeqLength, not padded) and ``labels``; the raw columns dropped."""
+        roles = self._read_roles(spec, dataset)
+        encoder = LabelEncoder(spec.task.labels, spec.task.multi_label)
+        max_length = spec.training.max_seq_length
+
+        def tokenize(batch: dict[str, list[Any]]) -> dict[str, Any]:
+            pairs = batch[roles["textPair"]] if "textPair" in roles else None
+            encoded = tokenizer(batch[roles["text"]], pairs, truncation=True, max_length=max_length)
+            encoded["labels"] = [encoder.encode(v) for v in batch[roles["label"]]]
+            return dict(encoded)
+
+        return dataset.map(tokenize, batched=True, remove_columns=dataset.column_names, desc="Tokenising")
+
+    def build_trainer(self, ctx: RunContext, model: Any) -> Trainer:
+        """A Trainer with dynamically padded batches and this task's metrics."""
+        from transformers import DataCollatorWithPadding, Trainer
+
+        args = training_arguments(ctx, label_names=["labels"])
+        tokenizer = ctx.tokenizer
+        config = model.config
+        if getattr(config, "pad_token_id", None) is None and tokenizer.pad_token_id is not None:
+            # Decoder models classify from the last non-pad token and need to know which id is padding.
+            config.pad_token_id = tokenizer.pad_token_id
+        with args.main_process_first(desc="tokenising"):
+            train = self.preprocess(ctx.spec, ctx.datasets["train"], tokenizer)
+            evaluation = self.preprocess(ctx.spec, ctx.datasets["eval"], tokenizer) if "eval" in ctx.datasets else None
+        return Trainer(
+            model=model,
+            args=args,
+            data_collator=DataCollatorWithPadding(tokenizer, pad_to_multiple_of=pad_multiple(ctx)),
+            train_dataset=train,
+            eval_dataset=evaluation,
+            processing_class=tokenizer,
+            compute_metrics=metrics_function(ctx.spec),
+            callbacks=ctx.callbacks,
+        )
+
+
+def _check_strings(dataset: Dataset, spec: FineTuneJobSpec, split: str, column: str, role: str) -> None:
+    for row, value in enumerate(dataset[column]):
+        if not isinstance(value, str):
+            raise DataError(
+                f"{describe_split(spec, split)} row {row}, column {column!r} ({role}): expected text, "
+                f"got {value!r}; fill or drop the row"
+            )
+
+
+def _logits(predictions: Any) -> np.ndarray:
+    import numpy as np
+
+    # Some models return extra outputs (hidden states) after the logits.
+    return np.asarray(predictions[0] if isinstance(predictions, tuple) else predictions)
+
+
+def metrics_function(spec: FineTuneJobSpec) -> Any:
+    """compute_metrics for the Trainer: accuracy + macro F1, or (multi-label) micro/macro F1 + subset accuracy."""
+    threshold = spec.task.threshold
+    multi_label = spec.task.multi_label
+
+    def compute(prediction: EvalPrediction) -> dict[str, float]:
+        import numpy as np
+        from sklearn.metrics import accuracy_score, f1_score
+
+        logits = _logits(prediction.predictions)
+        labels = np.asarray(prediction.label_ids)
+        if multi_label:
+            # sigmoid(x) > t  <=>  x > logit(t); no overflow for large logits.
+            predicted = (logits > np.log(threshold / (1 - threshold))).astype(int)
+            truth = labels.astype(int)
+            return {
+                "f1_micro": float(f1_score(truth, predicted, average="micro", zero_division=0)),
+                "f1_macro": float(f1_score(truth, predicted, average="macro", zero_division=0)),
+                "subset_accuracy": float(accuracy_score(truth, predicted)),
+            }
+        predicted = logits.argmax(axis=-1)
+        return {
+            "accuracy": float(accuracy_score(labels, predicted)),
+            "f1_macro": float(f1_score(labels, predicted, average="macro", zero_division=0)),
+        }
+
+    return compute

@@ -1,0 +1,170 @@
+"""Token classification (NER, POS): one tag per word, learned on the first sub-token of each word.
+
+Columns (roles): ``tokens`` (a list of words) and ``tags`` (a list of tag names or ids, one per
+word). Words are split into sub-tokens by the model's tokenizer; the word's tag goes to its first
+sub-token and every other sub-token (and every special token) gets -100, which the loss and the
+metrics ignore. Metrics are seqeval's entity-level precision/recall/F1 plus token accuracy, so
+tags should follow the IOB scheme (``O``, ``B-PER``, ``I-PER``, ...).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import TYPE_CHECKING, Any
+
+from finetune_trainer.data import describe_split, require_columns
+from finetune_trainer.errors import DataError
+from finetune_trainer.tasks.base import (
+    LabelIndex,
+    RunContext,
+    column_roles_for,
+    pad_multiple,
+    pretrained_kwargs,
+    training_arguments,
+)
+
+if TYPE_CHECKING:
+    from datasets import Dataset, DatasetDict
+    from transformers import EvalPrediction, PreTrainedModel, PreTrainedTokenizerBase, Trainer
+
+    from finetune_api.spec import FineTuneJobSpec
+
+log = logging.getLogger(__name__)
+IGNORE = -100  # the label id CrossEntropyLoss (and our metrics) skip
+IOB_TAG = re.compile(r"^(O|[BIESLU]-.+)$")
+
+
+def align_tags(word_ids: list[int | None], tag_ids: list[int]) -> list[int]:
+    """Sub-token labels from word tags: the first sub-token of a word gets its tag, the rest -100."""
+    labels = []
+    previous: int | None = None
+    for word in word_ids:
+        if word is None or word == previous:
+            labels.append(IGNORE)
+        else:
+            labels.append(tag_ids[word])
+        previous = word
+    return labels
+
+
+class TokenClassificationTask:
+    """AutoModelForTokenClassification with DataCollatorForTokenClassification; seqeval metrics."""
+
+    name = "token-classification"
+    default_metric = "f1"
+    greater_is_better = True
+
+    def column_roles(self, spec: FineTuneJobSpec) -> dict[str, str]:
+        """tokens and tags columns (task.columns over the defaults)."""
+        return column_roles_for(spec)
+
+    def check_dataset(self, spec: FineTuneJobSpec, datasets: DatasetDict) -> None:
+        """Columns present, tokens are lists of words, one known tag per word."""
+        roles = self.column_roles(spec)
+        index = LabelIndex(spec.task.labels)
+        odd = [name for name in spec.task.labels if not IOB_TAG.match(name)]
+        if odd:
+            log.warning(
+                "task.labels %s do not follow the IOB scheme (O, B-X, I-X); seqeval's entity F1 will be misleading",
+                ", ".join(odd),
+            )
+        for split, dataset in datasets.items():
+            require_columns(dataset, spec, split, roles)
+            where = describe_split(spec, split)
+            for row, (words, tags) in enumerate(zip(dataset[roles["tokens"]], dataset[roles["tags"]], strict=True)):
+                if not isinstance(words, list) or not all(isinstance(w, str) for w in words):
+                    raise DataError(
+                        f"{where} row {row}, column {roles['tokens']!r}: expected a list of words, got {words!r}"
+                    )
+                if not isinstance(tags, list) or len(tags) != len(words):
+                    raise DataError(
+                        f"{where} row {row}: {len(words)} words in {roles['tokens']!r} but "
+                        f"{len(tags) if isinstance(tags, list) else tags!r} tags in {roles['tags']!r}; "
+                        "give exactly one tag per word"
+                    )
+                for tag in tags:
+                    try:
+                        index.id_of(tag)
+                    except ValueError as err:
+                        raise DataError(f"{where} row {row}, column {roles['tags']!r}: {err}") from None
+
+    def load_model(self, spec: FineTuneJobSpec, model_path: str, load_kwargs: dict[str, Any]) -> PreTrainedModel:
+        """The model with a per-token classifier over task.labels."""
+        from transformers import AutoModelForTokenClassification
+
+        labels = spec.task.labels
+        model: PreTrainedModel = AutoModelForTokenClassification.from_pretrained(
+            model_path,
+            num_labels=len(labels),
+            id2label=dict(enumerate(labels)),
+            label2id={name: i for i, name in enumerate(labels)},
+            ignore_mismatched_sizes=True,
+            **pretrained_kwargs(spec, model_path),
+            **load_kwargs,
+        )
+        return model
+
+    def preprocess(self, spec: FineTuneJobSpec, dataset: Dataset, tokenizer: PreTrainedTokenizerBase) -> Dataset:
+        """Sub-word inputs (truncated, unpadded) with word tags aligned to first sub-tokens."""
+        roles = self.column_roles(spec)
+        index = LabelIndex(spec.task.labels)
+        max_length = spec.training.max_seq_length
+
+        def tokenize(batch: dict[str, list[Any]]) -> dict[str, Any]:
+            words = batch[roles["tokens"]]
+            encoded = tokenizer(words, is_split_into_words=True, truncation=True, max_length=max_length)
+            encoded["labels"] = [
+                align_tags(encoded.word_ids(batch_index=i), [index.id_of(t) for t in tags])
+                for i, tags in enumerate(batch[roles["tags"]])
+            ]
+            return dict(encoded)
+
+        return dataset.map(tokenize, batched=True, remove_columns=dataset.column_names, desc="Tokenising")
+
+    def build_trainer(self, ctx: RunContext, model: Any) -> Trainer:
+        """A Trainer whose collator pads inputs and labels (with -100) per batch."""
+        from transformers import DataCollatorForTokenClassification, Trainer
+
+        args = training_arguments(ctx, label_names=["labels"])
+        with args.main_process_first(desc="tokenising"):
+            train = self.preprocess(ctx.spec, ctx.datasets["train"], ctx.tokenizer)
+            evaluation = (
+                self.preprocess(ctx.spec, ctx.datasets["eval"], ctx.tokenizer) if "eval" in ctx.datasets else None
+            )
+        return Trainer(
+            model=model,
+            args=args,
+            data_collator=DataCollatorForTokenClassification(ctx.tokenizer, pad_to_multiple_of=pad_multiple(ctx)),
+            train_dataset=train,
+            eval_dataset=evaluation,
+            processing_class=ctx.tokenizer,
+            compute_metrics=metrics_function(ctx.spec.task.labels),
+            callbacks=ctx.callbacks,
+        )
+
+
+def metrics_function(labels: list[str]) -> Any:
+    """compute_metrics: seqeval precision, recall, F1 (entity level) and accuracy (tag level)."""
+
+    def compute(prediction: EvalPrediction) -> dict[str, float]:
+        import numpy as np
+        from seqeval.metrics import accuracy_score, f1_score, precision_score, recall_score
+
+        logits = prediction.predictions[0] if isinstance(prediction.predictions, tuple) else prediction.predictions
+        predicted = np.asarray(logits).argmax(axis=-1)
+        gold = np.asarray(prediction.label_ids)
+        truth: list[list[str]] = []
+        guess: list[list[str]] = []
+        for pred_row, gold_row in zip(predicted, gold, strict=True):
+            keep = gold_row != IGNORE
+            truth.append([labels[i] for i in gold_row[keep]])
+            guess.append([labels[i] for i in pred_row[keep]])
+        return {
+            "precision": float(precision_score(truth, guess, zero_division=0)),
+            "recall": float(recall_score(truth, guess, zero_division=0)),
+            "f1": float(f1_score(truth, guess, zero_division=0)),
+            "accuracy": float(accuracy_score(truth, guess)),
+        }
+
+    return compute
