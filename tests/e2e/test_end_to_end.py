@@ -45,24 +45,31 @@ def _keys(minio: MinIO, prefix: str) -> list[str]:
     return [o["Key"] for page in pages for o in page.get("Contents", [])]
 
 
-def test_helm_installed_operator_trains_a_job_to_succeeded(
-    kube: Kube, minio: MinIO, node_agent: NodeAgent, e2e: dict[str, Any]
+def submit(
+    kube: Kube, minio: MinIO, agent: NodeAgent, e2e: dict[str, Any], name: str, *, max_steps: int, every: int
 ) -> None:
-    ns, name = e2e["ns"], "sentiment"
+    """Apply the demo job on the agent's node: max_steps steps, evaluating and checkpointing every `every`."""
     manifest = demo_manifest(
         name,
         e2e["inputs"],
         minio,
         BUCKET,
-        node_agent.scheduling(),
-        maxSteps=24,
+        agent.scheduling(),
+        maxSteps=max_steps,
         evalStrategy="steps",
-        evalSteps=8,
+        evalSteps=every,
         saveStrategy="steps",
-        saveSteps=8,
+        saveSteps=every,
         loggingSteps=2,
     )
-    kube.kubectl("apply", "-n", ns, "-f", "-", input=manifest)
+    kube.kubectl("apply", "-n", e2e["ns"], "-f", "-", input=manifest)
+
+
+def test_helm_installed_operator_trains_a_job_to_succeeded(
+    kube: Kube, minio: MinIO, node_agent: NodeAgent, e2e: dict[str, Any]
+) -> None:
+    ns, name = e2e["ns"], "sentiment"
+    submit(kube, minio, node_agent, e2e, name, max_steps=24, every=8)
     seen: list[dict[str, Any]] = []
     final = watch_job(kube, ns, name, timeout=900, on_status=lambda s: seen.append(s))
     status = final["status"]
@@ -90,20 +97,7 @@ def test_losing_a_pod_mid_run_resumes_from_s3_and_succeeds(
     kube: Kube, minio: MinIO, node_agent: NodeAgent, e2e: dict[str, Any]
 ) -> None:
     ns, name = e2e["ns"], "preempted"
-    manifest = demo_manifest(
-        name,
-        e2e["inputs"],
-        minio,
-        BUCKET,
-        node_agent.scheduling(),
-        maxSteps=30,
-        evalStrategy="steps",
-        evalSteps=6,
-        saveStrategy="steps",
-        saveSteps=6,
-        loggingSteps=2,
-    )
-    kube.kubectl("apply", "-n", ns, "-f", "-", input=manifest)
+    submit(kube, minio, node_agent, e2e, name, max_steps=30, every=6)
 
     # Wait for the first complete checkpoint in S3, then kill pod 1's processes (a node crash).
     deadline = time.monotonic() + 600
