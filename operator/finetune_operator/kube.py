@@ -7,6 +7,7 @@ back instead of created again, so a restarted operator never duplicates anything
 from __future__ import annotations
 
 import functools
+import os
 from typing import Any
 
 from kubernetes import client, config
@@ -23,7 +24,8 @@ def api_client() -> client.ApiClient:
     try:
         config.load_incluster_config()
     except config.ConfigException:
-        config.load_kube_config()
+        # Name the file: the client reads KUBECONFIG only once, when it is first imported.
+        config.load_kube_config(config_file=os.environ.get("KUBECONFIG"))
     return client.ApiClient()
 
 

@@ -43,7 +43,8 @@ def kubernetes_patcher(namespace: str, name: str) -> PatchFn:
     try:
         config.load_incluster_config()
     except config.ConfigException:
-        config.load_kube_config()
+        # Name the file: the client reads KUBECONFIG only once, when it is first imported.
+        config.load_kube_config(config_file=os.environ.get("KUBECONFIG"))
     api = client.CustomObjectsApi()
 
     def patch(status: dict[str, Any]) -> None:
