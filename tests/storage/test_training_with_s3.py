@@ -31,24 +31,9 @@ from tests.cluster.fixture import Kube, MinIO
 from tests.integration.operator_process import install_crds
 from tests.storage.own_minio import OwnMinIO
 from tests.storage.trainer_runs import s3_output, sentiment_spec, wait_for
+from tests.trainer.tiny import StepCounter
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
-
-
-class StepCounter:
-    """A TrainerCallback counting the optimiser steps this process ran."""
-
-    def __init__(self) -> None:
-        from transformers import TrainerCallback
-
-        counter = self
-
-        class _Callback(TrainerCallback):
-            def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-                counter.steps += 1
-
-        self.steps = 0
-        self.callback = _Callback()
 
 
 def store_for(spec: dict[str, Any], environ: dict[str, str] | None = None) -> S3CheckpointStore:

@@ -11,22 +11,7 @@ import yaml
 from finetune_api.validation import parse_spec
 from finetune_trainer import engine
 from tests.trainer import tiny
-
-
-class StepCounter:
-    """A TrainerCallback that counts the optimiser steps this process ran."""
-
-    def __init__(self) -> None:
-        from transformers import TrainerCallback
-
-        counter = self
-
-        class _Callback(TrainerCallback):
-            def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-                counter.steps += 1
-
-        self.steps = 0
-        self.callback = _Callback()
+from tests.trainer.tiny import StepCounter
 
 
 def sentiment_spec(model_dir: Path, data: dict[str, Path], **training: Any) -> Any:

@@ -202,3 +202,19 @@ def spec_dict(
         },
         "resources": {"gpusPerNode": 0},
     }
+
+
+class StepCounter:
+    """A TrainerCallback that counts the optimiser steps this process ran."""
+
+    def __init__(self) -> None:
+        from transformers import TrainerCallback
+
+        counter = self
+
+        class _Callback(TrainerCallback):
+            def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+                counter.steps += 1
+
+        self.steps = 0
+        self.callback = _Callback()
