@@ -3,9 +3,10 @@
 Light on dependencies (pydantic, PyYAML) so the operator image imports it without torch.
 """
 
+from finetune_api.contract import API_GROUP, API_VERSION, KIND
 from finetune_api.spec import FineTuneJobSpec, wire
 from finetune_api.status import FineTuneJobStatus
-from finetune_api.validation import API_GROUP, API_VERSION, KIND, InvalidSpec, load_spec_file, parse_spec
+from finetune_api.validation import InvalidSpec, load_spec_file, parse_spec
 
 __all__ = [
     "API_GROUP",

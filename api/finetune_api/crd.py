@@ -15,12 +15,21 @@ from typing import Any
 import yaml
 from pydantic import BaseModel
 
+from finetune_api.contract import (
+    API_GROUP,
+    API_VERSION,
+    COMPONENT_LABEL,
+    KIND,
+    NAME_LABEL,
+    OPERATOR_APP,
+    PLURAL,
+    SHORT_NAME,
+    SINGULAR,
+)
 from finetune_api.rules import RULES, Rule
 from finetune_api.spec import FineTuneJobSpec, TaskSpec
 from finetune_api.status import FineTuneJobStatus
-from finetune_api.validation import API_GROUP, API_VERSION, KIND
 
-PLURAL = "finetunejobs"
 ROOT = Path(__file__).resolve().parents[2]
 CRD_PATH = ROOT / "crds" / "finetunejob.yaml"
 # The Helm chart ships the same file (Helm installs crds/ before the templates).
@@ -202,7 +211,7 @@ def crd() -> dict[str, Any]:
         "kind": "CustomResourceDefinition",
         "metadata": {
             "name": f"{PLURAL}.{API_GROUP}",
-            "labels": {"app.kubernetes.io/name": "finetune-operator", "app.kubernetes.io/component": "crd"},
+            "labels": {NAME_LABEL: OPERATOR_APP, COMPONENT_LABEL: "crd"},
         },
         "spec": {
             "group": API_GROUP,
@@ -211,8 +220,8 @@ def crd() -> dict[str, Any]:
                 "kind": KIND,
                 "listKind": f"{KIND}List",
                 "plural": PLURAL,
-                "singular": KIND.lower(),
-                "shortNames": ["ftj"],
+                "singular": SINGULAR,
+                "shortNames": [SHORT_NAME],
                 "categories": ["finetune"],
             },
             "versions": [

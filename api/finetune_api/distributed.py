@@ -19,6 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from finetune_api.contract import ENV_COMPLETION_INDEX
 from finetune_api.spec import FineTuneJobSpec
 
 ResolvedStrategy = Literal["single", "ddp", "deepspeed", "fsdp"]
@@ -26,7 +27,7 @@ ResolvedPrecision = Literal["bf16", "fp16", "fp32"]
 
 DEFAULT_MASTER_PORT = 29500
 # Kubernetes fills this from the Indexed Job's completion index when it expands the container args.
-NODE_RANK_FROM_JOB_INDEX = "$(JOB_COMPLETION_INDEX)"
+NODE_RANK_FROM_JOB_INDEX = f"$({ENV_COMPLETION_INDEX})"
 
 
 def processes_per_node(spec: FineTuneJobSpec) -> int:

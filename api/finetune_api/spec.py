@@ -15,6 +15,8 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from pydantic.alias_generators import to_camel
 
+from finetune_api.contract import ENV_S3_ACCESS_KEY_ID, ENV_S3_SECRET_ACCESS_KEY
+
 TaskType = Literal[
     "sequence-classification",
     "token-classification",
@@ -330,8 +332,8 @@ class S3CredentialsRef(ApiModel):
     """Secret with the S3 access key pair."""
 
     name: Name = Field(description="Secret name in the FineTuneJob's namespace.")
-    access_key_id_key: Name = Field(default="AWS_ACCESS_KEY_ID", description="Key of the access key id.")
-    secret_access_key_key: Name = Field(default="AWS_SECRET_ACCESS_KEY", description="Key of the secret key.")
+    access_key_id_key: Name = Field(default=ENV_S3_ACCESS_KEY_ID, description="Key of the access key id.")
+    secret_access_key_key: Name = Field(default=ENV_S3_SECRET_ACCESS_KEY, description="Key of the secret key.")
 
 
 class S3Location(ApiModel):
@@ -385,6 +387,10 @@ class FineTuneJobSpec(ApiModel):
     run_policy: RunPolicy = Field(default_factory=RunPolicy, description="Job lifecycle.")
 
 
-def wire(spec: ApiModel) -> dict[str, Any]:
-    """The spec as it appears in YAML: camelCase, unset optional fields left out."""
-    return spec.model_dump(by_alias=True, exclude_none=True, mode="json")
+def wire(spec: ApiModel, *, only_set: bool = False) -> dict[str, Any]:
+    """The object as it appears in YAML: camelCase, unset optional fields left out.
+
+    ``only_set`` also leaves out fields that were never given (defaults included): the body of a
+    merge patch that touches only what its writer owns.
+    """
+    return spec.model_dump(by_alias=True, exclude_none=True, exclude_unset=only_set, mode="json")

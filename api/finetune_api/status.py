@@ -6,11 +6,18 @@ owns progress, metrics, parameters and artifacts. Neither writes the other's fie
 
 from __future__ import annotations
 
-from typing import Literal
+from datetime import UTC, datetime
+from typing import Any, Literal
 
 from pydantic import Field
 
-from finetune_api.spec import ApiModel, LongText, Name
+from finetune_api.spec import ApiModel, LongText, Name, wire
+
+
+def now() -> str:
+    """The current time as the status holds times: RFC 3339, UTC, whole seconds."""
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
 
 Phase = Literal["Pending", "Running", "Succeeded", "Failed", "Suspended"]
 ConditionType = Literal["Created", "Running", "Suspended", "Succeeded", "Failed", "Ready", "Reconciling", "Stalled"]
@@ -72,3 +79,21 @@ class FineTuneJobStatus(ApiModel):
     parameters: Parameters | None = Field(default=None, description="Trainable and total parameters.")
     artifacts: Artifacts | None = Field(default=None, description="Result URIs.")
     message: LongText | None = Field(default=None, description="The current state or error, in one line.")
+
+
+# The fields each side writes; a status patch of one side never names the other's.
+TRAINER_FIELDS = frozenset({"progress", "metrics", "parameters", "artifacts"})
+OPERATOR_FIELDS = frozenset(FineTuneJobStatus.model_fields) - TRAINER_FIELDS
+
+
+def status_patch(status: FineTuneJobStatus, owner: Literal["operator", "trainer"]) -> dict[str, Any]:
+    """The merge-patch body for the fields ``owner`` set on ``status`` (camelCase, nothing else).
+
+    Building the status through the typed models makes a misspelt field an error here instead of
+    a field the API server's pruning drops silently; a field of the other side is refused.
+    """
+    allowed = TRAINER_FIELDS if owner == "trainer" else OPERATOR_FIELDS
+    foreign = sorted(status.model_fields_set - allowed)
+    if foreign:
+        raise ValueError(f"the {owner} does not write status fields {', '.join(foreign)}")
+    return wire(status, only_set=True)

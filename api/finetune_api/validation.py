@@ -9,12 +9,9 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from finetune_api.contract import API_GROUP_VERSION, KIND
 from finetune_api.rules import rules_for
 from finetune_api.spec import FineTuneJobSpec
-
-API_GROUP = "finetune.dev"
-API_VERSION = "v1alpha1"
-KIND = "FineTuneJob"
 
 
 class InvalidSpec(ValueError):
@@ -90,8 +87,8 @@ def spec_from_document(doc: Any) -> FineTuneJobSpec:
         if doc.get("kind") != KIND:
             raise InvalidSpec([f"kind: expected {KIND}, got {doc.get('kind')!r}"])
         api_version = doc.get("apiVersion")
-        if api_version != f"{API_GROUP}/{API_VERSION}":
-            raise InvalidSpec([f"apiVersion: expected {API_GROUP}/{API_VERSION}, got {api_version!r}"])
+        if api_version != API_GROUP_VERSION:
+            raise InvalidSpec([f"apiVersion: expected {API_GROUP_VERSION}, got {api_version!r}"])
         return parse_spec(doc.get("spec"))
     return parse_spec(doc)
 

@@ -13,19 +13,44 @@ from typing import Any
 
 import yaml
 
+from finetune_api.contract import (
+    API_GROUP,
+    API_GROUP_VERSION,
+    COMPLETION_INDEX_ANNOTATION,
+    CONFIG_DIR,
+    DEEPSPEED_CONFIG_FILE,
+    ENV_HF_HOME,
+    ENV_HF_TOKEN,
+    ENV_JOB_NAME,
+    ENV_JOB_NAMESPACE,
+    ENV_NODE_RANK,
+    ENV_S3_ACCESS_KEY_ID,
+    ENV_S3_ENDPOINT,
+    ENV_S3_REGION,
+    ENV_S3_SECRET_ACCESS_KEY,
+    ENV_WORLD_SIZE,
+    HF_HOME_DIR,
+    INSTANCE_LABEL,
+    JOB_CONFIG_FILE,
+    JOB_LABEL,
+    KIND,
+    KUEUE_QUEUE_LABEL,
+    LAUNCH_MODULE,
+    MANAGED_BY_LABEL,
+    NAME_LABEL,
+    OPERATOR_APP,
+    OUTPUT_DIR,
+    PERMANENT_EXIT_CODES,
+    PLURAL,
+    STATUS_SUBRESOURCE,
+    TRAINER_APP,
+    TRAINER_CONTAINER,
+    TRAINER_MODULE,
+    WORKSPACE,
+)
 from finetune_api.distributed import Rendezvous, deepspeed_config, resolve_strategy, torchrun_command, world_size
 from finetune_api.spec import FineTuneJobSpec, wire
-from finetune_api.validation import API_GROUP, API_VERSION, KIND
 from finetune_operator.settings import OperatorSettings
-
-CONFIG_DIR = "/etc/finetune"
-WORKSPACE = "/workspace"
-JOB_LABEL = f"{API_GROUP}/job"
-KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
-COMPLETION_INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
-TRAINER_CONTAINER = "trainer"
-# Exit codes the trainer declares permanent (finetune_trainer.errors): 3 bad spec, 4 bad data.
-PERMANENT_EXIT_CODES = [3, 4]
 
 
 @dataclass(frozen=True)
@@ -38,7 +63,7 @@ class Parent:
 
     def owner_reference(self) -> dict[str, Any]:
         return {
-            "apiVersion": f"{API_GROUP}/{API_VERSION}",
+            "apiVersion": API_GROUP_VERSION,
             "kind": KIND,
             "name": self.name,
             "uid": self.uid,
@@ -51,9 +76,9 @@ def labels(parent: Parent, settings: OperatorSettings) -> dict[str, str]:
     """Labels every child carries; the operator finds children (and their pods) by them."""
     return {
         **settings.extra_labels,
-        "app.kubernetes.io/name": "finetune-trainer",
-        "app.kubernetes.io/managed-by": "finetune-operator",
-        "app.kubernetes.io/instance": parent.name,
+        NAME_LABEL: TRAINER_APP,
+        MANAGED_BY_LABEL: OPERATOR_APP,
+        INSTANCE_LABEL: parent.name,
         JOB_LABEL: parent.name,
     }
 
@@ -81,16 +106,16 @@ def child_names(parent: Parent) -> dict[str, str]:
 def build_config_map(parent: Parent, spec: FineTuneJobSpec, settings: OperatorSettings) -> dict[str, Any]:
     """The resolved spec (every default filled) the trainer reads, plus generated configs."""
     manifest = {
-        "apiVersion": f"{API_GROUP}/{API_VERSION}",
+        "apiVersion": API_GROUP_VERSION,
         "kind": KIND,
         "metadata": {"name": parent.name, "namespace": parent.namespace},
         "spec": wire(spec),
     }
-    data = {"job.yaml": yaml.safe_dump(manifest, sort_keys=False)}
+    data = {JOB_CONFIG_FILE: yaml.safe_dump(manifest, sort_keys=False)}
     if resolve_strategy(spec) == "deepspeed":
         # For people reading the ConfigMap: the trainer builds the same config from the same spec
         # (finetune_api.distributed), filling the precision once it knows the GPU.
-        data["deepspeed.json"] = json.dumps(deepspeed_config(spec), indent=2, sort_keys=True)
+        data[DEEPSPEED_CONFIG_FILE] = json.dumps(deepspeed_config(spec), indent=2, sort_keys=True)
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
@@ -130,13 +155,13 @@ def build_rbac(parent: Parent, settings: OperatorSettings) -> list[dict[str, Any
             "rules": [
                 {
                     "apiGroups": [API_GROUP],
-                    "resources": ["finetunejobs/status"],
+                    "resources": [STATUS_SUBRESOURCE],
                     "resourceNames": [parent.name],
                     "verbs": ["get", "patch"],
                 },
                 {
                     "apiGroups": [API_GROUP],
-                    "resources": ["finetunejobs"],
+                    "resources": [PLURAL],
                     "resourceNames": [parent.name],
                     "verbs": ["get"],
                 },
@@ -155,13 +180,13 @@ def build_rbac(parent: Parent, settings: OperatorSettings) -> list[dict[str, Any
 def launcher_args(parent: Parent, spec: FineTuneJobSpec, settings: OperatorSettings) -> list[str]:
     """torchrun options and the trainer program; pod 0 is the rendezvous store via the headless Service."""
     names = child_names(parent)
-    program = ["-m", "finetune_trainer", "run", f"--config={CONFIG_DIR}/job.yaml", f"--output-dir={WORKSPACE}/output"]
+    program = ["-m", TRAINER_MODULE, "run", f"--config={CONFIG_DIR}/{JOB_CONFIG_FILE}", f"--output-dir={OUTPUT_DIR}"]
     rendezvous = None
     if spec.resources.nodes > 1:
         rendezvous = Rendezvous(
             master_addr=f"{names['job']}-0.{names['service']}",
             master_port=settings.master_port,
-            node_rank="$(PET_NODE_RANK)",  # Kubernetes expands it from the env below
+            node_rank=f"$({ENV_NODE_RANK})",  # Kubernetes expands it from the env below
         )
     return torchrun_command(spec, program, rendezvous)[1:]  # [0] is the launcher, the container command
 
@@ -169,31 +194,31 @@ def launcher_args(parent: Parent, spec: FineTuneJobSpec, settings: OperatorSetti
 def _env(parent: Parent, spec: FineTuneJobSpec, settings: OperatorSettings) -> list[dict[str, Any]]:
     env: list[dict[str, Any]] = [
         {
-            "name": "PET_NODE_RANK",
+            "name": ENV_NODE_RANK,
             "valueFrom": {"fieldRef": {"fieldPath": f"metadata.annotations['{COMPLETION_INDEX_ANNOTATION}']"}},
         },
-        {"name": "FTJ_NAME", "value": parent.name},
-        {"name": "FTJ_NAMESPACE", "value": parent.namespace},
-        {"name": "FTJ_WORLD_SIZE", "value": str(world_size(spec))},
-        {"name": "HF_HOME", "value": f"{WORKSPACE}/cache/huggingface"},
+        {"name": ENV_JOB_NAME, "value": parent.name},
+        {"name": ENV_JOB_NAMESPACE, "value": parent.namespace},
+        {"name": ENV_WORLD_SIZE, "value": str(world_size(spec))},
+        {"name": ENV_HF_HOME, "value": HF_HOME_DIR},
         {"name": "PYTHONUNBUFFERED", "value": "1"},
     ]
     if spec.model.token_secret_ref is not None:
         ref = spec.model.token_secret_ref
-        env.append({"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}})
+        env.append({"name": ENV_HF_TOKEN, "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}})
     s3 = spec.output.s3
     endpoint = (s3.endpoint if s3 else None) or settings.default_s3_endpoint
     if endpoint:
-        env.append({"name": "AWS_ENDPOINT_URL_S3", "value": endpoint})
+        env.append({"name": ENV_S3_ENDPOINT, "value": endpoint})
     if s3 is not None:
-        env.append({"name": "AWS_DEFAULT_REGION", "value": s3.region})
+        env.append({"name": ENV_S3_REGION, "value": s3.region})
     creds = s3.credentials_secret_ref if s3 else None
     secret = creds.name if creds else settings.default_s3_credentials_secret
     if secret:
-        id_key = creds.access_key_id_key if creds else "AWS_ACCESS_KEY_ID"
-        key_key = creds.secret_access_key_key if creds else "AWS_SECRET_ACCESS_KEY"
-        env.append({"name": "AWS_ACCESS_KEY_ID", "valueFrom": {"secretKeyRef": {"name": secret, "key": id_key}}})
-        env.append({"name": "AWS_SECRET_ACCESS_KEY", "valueFrom": {"secretKeyRef": {"name": secret, "key": key_key}}})
+        id_key = creds.access_key_id_key if creds else ENV_S3_ACCESS_KEY_ID
+        key_key = creds.secret_access_key_key if creds else ENV_S3_SECRET_ACCESS_KEY
+        env.append({"name": ENV_S3_ACCESS_KEY_ID, "valueFrom": {"secretKeyRef": {"name": secret, "key": id_key}}})
+        env.append({"name": ENV_S3_SECRET_ACCESS_KEY, "valueFrom": {"secretKeyRef": {"name": secret, "key": key_key}}})
     return env
 
 
@@ -250,7 +275,7 @@ def build_job(parent: Parent, spec: FineTuneJobSpec, settings: OperatorSettings)
                 "image": r.image or settings.trainer_image,
                 "imagePullPolicy": settings.image_pull_policy,
                 # torchrun, keeping the trainer's exit code (finetune_trainer/launch.py).
-                "command": ["python", "-m", "finetune_trainer.launch"],
+                "command": ["python", "-m", LAUNCH_MODULE],
                 "args": launcher_args(parent, spec, settings),
                 "env": _env(parent, spec, settings),
                 "ports": [{"name": "rendezvous", "containerPort": settings.master_port}],
@@ -290,7 +315,7 @@ def build_job(parent: Parent, spec: FineTuneJobSpec, settings: OperatorSettings)
                     "onExitCodes": {
                         "containerName": TRAINER_CONTAINER,
                         "operator": "In",
-                        "values": PERMANENT_EXIT_CODES,
+                        "values": list(PERMANENT_EXIT_CODES),
                     },
                 },
             ]

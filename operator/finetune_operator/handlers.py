@@ -14,15 +14,17 @@ from typing import Any, cast
 import kopf
 from kubernetes.client.exceptions import ApiException
 
+from finetune_api.contract import API_GROUP, API_VERSION, JOB_LABEL, PLURAL
 from finetune_api.spec import FineTuneJobSpec
-from finetune_api.validation import API_GROUP, API_VERSION, InvalidSpec, parse_spec
+from finetune_api.status import now
+from finetune_api.validation import InvalidSpec, parse_spec
 from finetune_operator import kube, metrics
-from finetune_operator.builders import JOB_LABEL, Parent, build_children, child_names
+from finetune_operator.builders import Parent, build_children, child_names
 from finetune_operator.preflight import preflight_problems
 from finetune_operator.settings import OperatorSettings
-from finetune_operator.status import desired_status, merge_conditions, now, pod_failure_reason, transition_events
+from finetune_operator.status import desired_status, merge_conditions, pod_failure_reason, transition_events
 
-FTJ = (API_GROUP, API_VERSION, "finetunejobs")
+FTJ = (API_GROUP, API_VERSION, PLURAL)
 log = logging.getLogger("finetune_operator")
 SETTINGS = OperatorSettings.from_env()
 

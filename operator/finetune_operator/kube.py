@@ -13,9 +13,7 @@ from typing import Any
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
-from finetune_api.validation import API_GROUP, API_VERSION
-
-PLURAL = "finetunejobs"
+from finetune_api.contract import API_GROUP, API_VERSION, PLURAL
 
 
 @functools.cache

@@ -8,16 +8,17 @@ computed here, so a merge patch of this module's output leaves them alone.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
+
+from finetune_api.contract import JOB_LABEL
 
 # Reasons a Job reports in its Failed condition, and what a person should read.
 _JOB_FAILURE_MESSAGES = {
     "BackoffLimitExceeded": "the trainer failed {failed} times, more than runPolicy.backoffLimit allows; "
-    "see the pod logs (kubectl logs -l finetune.dev/job={name})",
+    f"see the pod logs (kubectl logs -l {JOB_LABEL}={{name}})",
     "DeadlineExceeded": "the job ran longer than runPolicy.activeDeadlineSeconds",
     "PodFailurePolicy": "the trainer exited with a permanent error (invalid spec or dataset); "
-    "see the pod logs (kubectl logs -l finetune.dev/job={name}), fix the spec or data and create a new job",
+    f"see the pod logs (kubectl logs -l {JOB_LABEL}={{name}}), fix the spec or data and create a new job",
     "MaxFailedIndexesExceeded": "too many pods failed",
 }
 
@@ -29,11 +30,6 @@ class Event:
     type: str  # Normal | Warning
     reason: str
     message: str
-
-
-def now() -> str:
-    """The current time as Kubernetes writes it (RFC 3339, seconds, UTC)."""
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _job_condition(job: dict[str, Any], kind: str) -> dict[str, Any] | None:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from finetune_api.contract import ENV_WORLD_SIZE
 from finetune_trainer.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -29,6 +30,7 @@ class WorldInfo:
     world_size: int = 1
     rank: int = 0
     local_rank: int = 0
+    planned_world_size: int | None = None  # what the operator planned (FTJ_WORLD_SIZE); None outside a cluster
 
     @property
     def is_main(self) -> bool:
@@ -37,13 +39,29 @@ class WorldInfo:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> WorldInfo:
-        """Read WORLD_SIZE / RANK / LOCAL_RANK as torchrun and accelerate launch set them."""
+        """Read WORLD_SIZE / RANK / LOCAL_RANK as torchrun and accelerate launch set them, and FTJ_WORLD_SIZE."""
         env = os.environ if environ is None else environ
+        planned = env.get(ENV_WORLD_SIZE)
         return cls(
             world_size=int(env.get("WORLD_SIZE", "1")),
             rank=int(env.get("RANK", "0")),
             local_rank=int(env.get("LOCAL_RANK", "0")),
+            planned_world_size=int(planned) if planned and planned.isdigit() else None,
         )
+
+    def check_planned(self) -> None:
+        """Refuse a run whose launcher started another number of processes than the operator planned.
+
+        Batch size, learning-rate schedule and checkpoint sharding all depend on the world size; a pod
+        started with other launcher options (a changed image entry point, a hand-edited Job) would
+        silently train something else than the spec says.
+        """
+        if self.planned_world_size is not None and self.planned_world_size != self.world_size:
+            raise ConfigError(
+                f"resources: the operator planned {self.planned_world_size} trainer processes "
+                f"(nodes x gpusPerNode, {ENV_WORLD_SIZE}) but the launcher started {self.world_size}; "
+                "the pod's command was changed: let the operator create the Job from the FineTuneJob"
+            )
 
 
 @dataclass(frozen=True)

@@ -53,14 +53,25 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import yaml
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
+from finetune_api.contract import (
+    API_GROUP,
+    API_GROUP_VERSION,
+    ENV_JOB_NAME,
+    ENV_JOB_NAMESPACE,
+    ENV_S3_PART_TIMEOUT,
+    ENV_S3_UPLOAD_QUEUE,
+    KIND,
+    METRICS_FILE,
+    RESOLVED_SPEC_FILE,
+)
 from finetune_api.spec import LoraOptions, PromptTuningOptions, wire
+from finetune_api.status import Artifacts, FineTuneJobStatus, now
 from finetune_trainer.errors import ConfigError
 from finetune_trainer.storage import FileEntry, S3Storage, S3Uri, StorageError, relative_files
 
@@ -74,7 +85,7 @@ log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 PARTS = "_parts"
-MANIFEST_FORMAT = "finetune.dev/manifest/v1"
+MANIFEST_FORMAT = f"{API_GROUP}/manifest/v1"
 CHECKPOINTS_DIR = "checkpoints/"
 FINAL_DIR = "final/"
 MERGED_DIR = "merged/"
@@ -86,8 +97,8 @@ STAGING = ".s3-staging"
 DOWNLOADING = ".s3-download"
 MERGED_LOCAL = "merged"
 
-QUEUE_ENV = "FTJ_S3_UPLOAD_QUEUE"
-PART_TIMEOUT_ENV = "FTJ_S3_PART_TIMEOUT"
+QUEUE_ENV = ENV_S3_UPLOAD_QUEUE
+PART_TIMEOUT_ENV = ENV_S3_PART_TIMEOUT
 DEFAULT_PART_TIMEOUT = 1800.0
 # Rank 0 stops waiting for another node's part of a checkpoint this long after a newer one is queued.
 SUPERSEDED_WAIT = 60.0
@@ -96,10 +107,6 @@ SUPERSEDED_WAIT = 60.0
 RANK_FILES = (re.compile(r"(?:^|/)rng_state_(\d+)\.pth$"), re.compile(r"(?:^|/)(?:bf16_)?zero_pp_rank_(\d+)_"))
 # Not needed to load the best checkpoint's weights at the end (only to resume training from it).
 RESUME_ONLY_FILES = re.compile(r"^(optimizer\.pt|scheduler\.pt|scaler\.pt|rng_state(_\d+)?\.pth)$")
-
-
-def _now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _env_number(name: str, default: float) -> float:
@@ -178,8 +185,8 @@ class JobLocation:
         env = os.environ if environ is None else environ
         s3 = spec.output.s3
         assert s3 is not None
-        namespace = env.get("FTJ_NAMESPACE") or "local"
-        name = env.get("FTJ_NAME") or local_run_name(spec)
+        namespace = env.get(ENV_JOB_NAMESPACE) or "local"
+        name = env.get(ENV_JOB_NAME) or local_run_name(spec)
         prefix = s3.prefix.lstrip("/")
         if prefix and not prefix.endswith("/"):
             prefix += "/"
@@ -376,7 +383,7 @@ class S3CheckpointStore:
             "bestMetric": state.get("best_metric"),
             "fingerprint": fingerprint(spec_fields),
             "spec": dict(spec_fields),
-            "createdAt": _now(),
+            "createdAt": now(),
             "totalBytes": sum(int(item["size"]) for item in files.values()),
             "files": files,
         }
@@ -565,9 +572,9 @@ class S3JobOutput:
         """The job's prefix."""
         return self.store.location
 
-    def _report(self, artifacts: dict[str, str]) -> None:
+    def _report(self, artifacts: Artifacts) -> None:
         if self.reporter is not None and self.node.is_main:
-            self.reporter.update({"artifacts": artifacts})
+            self.reporter.update(FineTuneJobStatus(artifacts=artifacts))
 
     # -- checkpoints --
 
@@ -621,7 +628,7 @@ class S3JobOutput:
                 size / 1e6,
                 time.monotonic() - started,
             )
-            self._report({"latestCheckpoint": str(self.location.checkpoint(step))})
+            self._report(Artifacts(latest_checkpoint=str(self.location.checkpoint(step))))
             best = state.get("best_global_step")
             self.store.prune(self.spec.training.save_total_limit, int(best) if best is not None else None)
         except StorageError as err:
@@ -700,7 +707,7 @@ class S3JobOutput:
 
     # -- the end --
 
-    def finish(self, trainer: Trainer, metrics: Mapping[str, Any], *, model_path: str) -> dict[str, str] | None:
+    def finish(self, trainer: Trainer, metrics: Mapping[str, Any], *, model_path: str) -> Artifacts | None:
         """Wait for checkpoint uploads, then (rank 0) upload the final artifacts with a manifest; their URIs.
 
         Call after the engine wrote the model, metrics.json and spec.resolved.yaml. A final upload that
@@ -717,14 +724,14 @@ class S3JobOutput:
         try:
             write_model_card(self.spec, out, metrics, self.location)
             merged = save_merged_model(self.spec, out, model_path) if self.spec.output.save_merged_model else None
-            artifacts = {
-                "model": str(self.location.final),
-                "metrics": str(self.location.final.join("metrics.json")),
-            }
+            artifacts = Artifacts(
+                model=str(self.location.final),
+                metrics=str(self.location.final.join(METRICS_FILE)),
+                merged_model=str(self.location.merged) if merged is not None else None,
+            )
             common = {"globalStep": trainer.state.global_step, "resumedFrom": self.resumed_from}
             if merged is not None:
                 self.upload_artifacts(merged, self.location.merged, "merged", common)
-                artifacts["mergedModel"] = str(self.location.merged)
             self.upload_artifacts(out, self.location.final, "final", {**common, "metrics": dict(metrics)})
             self._report(artifacts)
         except StorageError as err:
@@ -752,7 +759,7 @@ class S3JobOutput:
             "worldSize": self.node.world_size,
             "fingerprint": fingerprint(self.spec_fields),
             "spec": self.spec_fields,
-            "createdAt": _now(),
+            "createdAt": now(),
             "totalBytes": sum(e.size for e in entries.values()),
             "files": _entries_json(entries),
         }
@@ -835,7 +842,7 @@ def write_model_card(spec: FineTuneJobSpec, out: Path, metrics: Mapping[str, Any
     """README.md for the final artifacts: what was trained, how well, how to load it, and the spec."""
     m = spec.model
     base = m.name or m.uri or m.path
-    resolved = out / "spec.resolved.yaml"
+    resolved = out / RESOLVED_SPEC_FILE
     spec_yaml = resolved.read_text() if resolved.is_file() else yaml.safe_dump(wire(spec), sort_keys=False)
     adapter = spec.method.type in ("lora", "qlora", "prompt-tuning")
     rows = "\n".join(
@@ -845,7 +852,7 @@ def write_model_card(spec: FineTuneJobSpec, out: Path, metrics: Mapping[str, Any
         {
             "library_name": "peft" if adapter else "transformers",
             "base_model": base,
-            "tags": ["finetune.dev", spec.task.type, spec.method.type],
+            "tags": [API_GROUP, spec.task.type, spec.method.type],
         },
         sort_keys=False,
     )
@@ -854,8 +861,8 @@ def write_model_card(spec: FineTuneJobSpec, out: Path, metrics: Mapping[str, Any
 {header}---
 # {location.root.key.rstrip("/").rsplit("/", 1)[-1]}
 
-Fine-tuned from `{base}` for **{spec.task.type}** with **{spec.method.type}** by a FineTuneJob
-(finetune.dev/v1alpha1). This folder holds {what}, the tokenizer, `metrics.json`,
+Fine-tuned from `{base}` for **{spec.task.type}** with **{spec.method.type}** by a {KIND}
+({API_GROUP_VERSION}). This folder holds {what}, the tokenizer, `{METRICS_FILE}`,
 `trainer_state.json` and the resolved spec; `manifest.json` lists every file with its sha256.
 
 - artifacts: `{location.final}`
@@ -909,7 +916,7 @@ def save_merged_model(spec: FineTuneJobSpec, out: Path, model_path: str) -> Path
     shutil.rmtree(dest, ignore_errors=True)
     merged.save_pretrained(str(dest))
     AutoTokenizer.from_pretrained(str(out)).save_pretrained(str(dest))
-    if (out / "spec.resolved.yaml").is_file():
-        shutil.copy2(out / "spec.resolved.yaml", dest / "spec.resolved.yaml")
+    if (out / RESOLVED_SPEC_FILE).is_file():
+        shutil.copy2(out / RESOLVED_SPEC_FILE, dest / RESOLVED_SPEC_FILE)
     log.info("merged the adapter into the base: %s", dest)
     return dest

@@ -27,7 +27,9 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from finetune_api.contract import METRICS_FILE, RESOLVED_SPEC_FILE
 from finetune_api.spec import FineTuneJobSpec, LoraOptions, PromptTuningOptions, QuantizationOptions, wire
+from finetune_api.status import FineTuneJobStatus, Parameters
 from finetune_api.validation import load_spec_file
 from finetune_trainer.arguments import DeviceCapability, WorldInfo, resolve_precision, training_kwargs
 from finetune_trainer.data import load_datasets
@@ -51,8 +53,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-METRICS_FILE = "metrics.json"
-RESOLVED_SPEC_FILE = "spec.resolved.yaml"
 ADAPTER_CONFIG_FILE = "adapter_config.json"
 CHECKPOINT_DIR = re.compile(r"^checkpoint-(\d+)$")
 # Written last by Trainer._save_checkpoint: its presence marks a checkpoint as complete.
@@ -169,6 +169,7 @@ def train(spec: FineTuneJobSpec, output_dir: str | Path, *, callbacks: list[Any]
 
     out = Path(output_dir)
     world = WorldInfo.from_env()
+    world.check_planned()
     # Rank 0 reports progress, metrics, parameters and artifacts on its FineTuneJob (in a cluster only).
     reporter = StatusReporter.from_env() if world.is_main else None
     try:
@@ -228,7 +229,7 @@ def _train(
 
     all_callbacks = list(callbacks or [])
     if reporter is not None:
-        reporter.update({"parameters": {"trainable": trainable, "total": total}})
+        reporter.update(FineTuneJobStatus(parameters=Parameters(trainable=trainable, total=total)))
         per_step = spec.training.batch_size_per_device * spec.training.gradient_accumulation_steps * world.world_size
         all_callbacks.append(ProgressCallback(reporter, global_batch_size=per_step))
     if spec.training.early_stopping_patience is not None:

@@ -1,21 +1,31 @@
 """Errors the trainer reports, and the exit codes the operator's podFailurePolicy reads.
 
-Exit codes below 100 other than 1 are permanent: retrying the same spec on the same data
-cannot succeed, so the Job fails at once instead of burning its backoff budget.
+The codes and their meaning are part of the operator/trainer contract
+(:mod:`finetune_api.contract`): 3 (spec) and 4 (data) are permanent, retrying the same spec on
+the same data cannot succeed, so the Job fails at once instead of burning its backoff budget.
 """
 
 from __future__ import annotations
 
-EXIT_OK = 0
-EXIT_CONFIG = 3  # the spec is invalid or unsupported (permanent)
-EXIT_DATA = 4  # the dataset is missing, malformed or does not fit the task (permanent)
-PERMANENT_EXIT_CODES = (EXIT_CONFIG, EXIT_DATA)
+from finetune_api.contract import EXIT_CONFIG, EXIT_DATA, EXIT_FAILED, EXIT_OK, EXIT_RETRYABLE, PERMANENT_EXIT_CODES
+
+__all__ = [
+    "EXIT_CONFIG",
+    "EXIT_DATA",
+    "EXIT_FAILED",
+    "EXIT_OK",
+    "EXIT_RETRYABLE",
+    "PERMANENT_EXIT_CODES",
+    "ConfigError",
+    "DataError",
+    "TrainerError",
+]
 
 
 class TrainerError(Exception):
     """Base of the errors the trainer turns into a clear message and an exit code."""
 
-    exit_code = 1
+    exit_code = EXIT_FAILED
 
 
 class ConfigError(TrainerError):

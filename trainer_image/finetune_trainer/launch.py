@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import sys
 
-from finetune_trainer.errors import PERMANENT_EXIT_CODES
+from finetune_api.contract import PERMANENT_EXIT_CODES
 
 
 def exit_code_for(worker_codes: list[int]) -> int:

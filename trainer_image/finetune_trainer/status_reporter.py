@@ -2,9 +2,11 @@
 
 Only the fields the trainer owns are written (progress, metrics, parameters, artifacts),
 with a JSON merge patch on the status subresource, so the operator's fields are never
-touched. Patches are throttled (at most one every ``FTJ_STATUS_INTERVAL`` seconds) and
-sent from a background thread that keeps only the newest pending update: a slow or
-unreachable API server never slows training, and a failed patch is logged, not raised.
+touched. Every update is a typed :class:`~finetune_api.status.FineTuneJobStatus`, so a misspelt
+field fails at once instead of being pruned by the API server. Patches are throttled (at most
+one every ``FTJ_STATUS_INTERVAL`` seconds) and sent from a background thread that keeps only the
+newest pending update: a slow or unreachable API server never slows training, and a failed
+patch is logged, not raised.
 
 Outside a cluster (no ``FTJ_NAME``/``FTJ_NAMESPACE``) reporting is off.
 """
@@ -17,19 +19,16 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
 from typing import Any
 
+from pydantic import ValidationError
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
-from finetune_api.validation import API_GROUP, API_VERSION
+from finetune_api.contract import API_GROUP, API_VERSION, ENV_JOB_NAME, ENV_JOB_NAMESPACE, ENV_STATUS_INTERVAL, PLURAL
+from finetune_api.status import FineTuneJobStatus, Progress, now, status_patch
 
 log = logging.getLogger(__name__)
 PatchFn = Callable[[dict[str, Any]], None]
-
-
-def _now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def kubernetes_patcher(namespace: str, name: str) -> PatchFn:
@@ -49,7 +48,7 @@ def kubernetes_patcher(namespace: str, name: str) -> PatchFn:
 
     def patch(status: dict[str, Any]) -> None:
         api.patch_namespaced_custom_object_status(
-            API_GROUP, API_VERSION, namespace, "finetunejobs", name, {"status": status}, _request_timeout=10
+            API_GROUP, API_VERSION, namespace, PLURAL, name, {"status": status}, _request_timeout=10
         )
 
     return patch
@@ -73,7 +72,7 @@ class StatusReporter:
     @classmethod
     def from_env(cls) -> StatusReporter | None:
         """A reporter for the job named by FTJ_NAME/FTJ_NAMESPACE, or None when not in a job."""
-        name, namespace = os.environ.get("FTJ_NAME"), os.environ.get("FTJ_NAMESPACE")
+        name, namespace = os.environ.get(ENV_JOB_NAME), os.environ.get(ENV_JOB_NAMESPACE)
         if not name or not namespace:
             return None
         try:
@@ -81,12 +80,13 @@ class StatusReporter:
         except Exception as err:  # no credentials: train anyway, say why progress is missing
             log.warning("status reporting off: cannot reach the Kubernetes API (%s)", err)
             return None
-        return cls(patch, float(os.environ.get("FTJ_STATUS_INTERVAL", "10")))
+        return cls(patch, float(os.environ.get(ENV_STATUS_INTERVAL, "10")))
 
-    def update(self, status: dict[str, Any]) -> None:
-        """Queue an update; fields merge with a still-pending one (newest values win)."""
+    def update(self, status: FineTuneJobStatus) -> None:
+        """Queue the trainer's fields set on ``status``; they merge with a still-pending update (newest win)."""
+        body = status_patch(status, "trainer")
         with self._cond:
-            self._pending = _deep_merge(self._pending or {}, status)
+            self._pending = _deep_merge(self._pending or {}, body)
             self._cond.notify()
 
     def close(self, timeout: float = 30.0) -> None:
@@ -148,26 +148,25 @@ class ProgressCallback(TrainerCallback):
         self._t0 = time.monotonic()
         self._step0 = state.global_step  # resumed runs start past zero
 
-    def progress(self, state: TrainerState, loss: float | None = None, lr: float | None = None) -> dict[str, Any]:
-        """The status.progress fields for the trainer's current state."""
+    def progress(self, state: TrainerState, loss: float | None = None, lr: float | None = None) -> Progress:
+        """status.progress for the trainer's current state."""
         step, total = state.global_step, state.max_steps or None
-        progress: dict[str, Any] = {"step": step, "updatedAt": _now()}
-        if total:
-            progress["totalSteps"] = total
-            progress["percent"] = round(100.0 * min(step, total) / total, 1)
-        if state.epoch is not None:
-            progress["epoch"] = round(float(state.epoch), 3)
-        if loss is not None:
-            progress["loss"] = loss
-        if lr is not None:
-            progress["learningRate"] = lr
+        samples_per_second = eta = None
         if self._t0 is not None and step > self._step0:
-            elapsed = time.monotonic() - self._t0
-            per_step = elapsed / (step - self._step0)
-            progress["samplesPerSecond"] = round(self.global_batch_size / per_step, 2) if per_step > 0 else None
-            if total:
-                progress["etaSeconds"] = max(0, int(per_step * (total - step)))
-        return {k: v for k, v in progress.items() if v is not None}
+            per_step = (time.monotonic() - self._t0) / (step - self._step0)
+            samples_per_second = round(self.global_batch_size / per_step, 2) if per_step > 0 else None
+            eta = max(0, int(per_step * (total - step))) if total else None
+        return Progress(
+            step=step,
+            total_steps=total,
+            percent=round(100.0 * min(step, total) / total, 1) if total else None,
+            epoch=round(float(state.epoch), 3) if state.epoch is not None else None,
+            loss=loss,
+            learning_rate=lr,
+            samples_per_second=samples_per_second,
+            eta_seconds=eta,
+            updated_at=now(),
+        )
 
     def on_log(
         self,
@@ -179,14 +178,16 @@ class ProgressCallback(TrainerCallback):
     ) -> None:
         if not state.is_world_process_zero or not logs:
             return
-        update: dict[str, Any] = {
-            "progress": self.progress(state, _finite(logs.get("loss")), _finite(logs.get("learning_rate")))
-        }
+        progress = self.progress(state, _finite(logs.get("loss")), _finite(logs.get("learning_rate")))
         metrics = {k: f for k, v in logs.items() if k.startswith("eval_") and (f := _finite(v)) is not None}
+        update = FineTuneJobStatus(progress=progress)
         if metrics:
-            update["metrics"] = metrics
+            try:
+                update = FineTuneJobStatus(progress=progress, metrics=metrics)
+            except ValidationError as err:  # e.g. more metrics than the status holds: report progress only
+                log.warning("status.metrics not reported: %s", err)
         self.reporter.update(update)
 
     def on_train_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **_: Any) -> None:
         if state.is_world_process_zero:
-            self.reporter.update({"progress": self.progress(state)})
+            self.reporter.update(FineTuneJobStatus(progress=self.progress(state)))

@@ -39,6 +39,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from finetune_api.contract import (
+    ENV_HF_HOME,
+    ENV_S3_CACHE_DIR,
+    ENV_S3_ENDPOINT,
+    ENV_S3_ENDPOINT_ANY_SERVICE,
+    ENV_S3_REGION,
+    ENV_S3_REGION_ALT,
+    ENV_S3_RETRY_SECONDS,
+)
 from finetune_trainer.errors import EXIT_CONFIG, EXIT_DATA, TrainerError
 
 if TYPE_CHECKING:
@@ -56,10 +65,10 @@ CONCURRENCY = 8
 # Socket read size for downloads (boto3's default 256 KB costs a Python call per 256 KB).
 IO_CHUNK_SIZE = 1 * MB
 
-RETRY_SECONDS_ENV = "FTJ_S3_RETRY_SECONDS"
+RETRY_SECONDS_ENV = ENV_S3_RETRY_SECONDS
 DEFAULT_RETRY_SECONDS = 300.0
 MAX_BACKOFF_SECONDS = 30.0
-CACHE_DIR_ENV = "FTJ_S3_CACHE_DIR"
+CACHE_DIR_ENV = ENV_S3_CACHE_DIR
 
 # S3 error codes, by what a person has to do about them.
 CREDENTIAL_CODES = frozenset(
@@ -224,14 +233,14 @@ class S3Settings:
         if location is not None and location.endpoint:
             endpoint, source = location.endpoint, "spec.output.s3.endpoint"
         else:
-            for name in ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"):
+            for name in (ENV_S3_ENDPOINT, ENV_S3_ENDPOINT_ANY_SERVICE):
                 if env.get(name):
                     endpoint, source = env[name], f"{name} (from spec.output.s3.endpoint in a cluster)"
                     break
         if location is not None:
             region, path_style = location.region, location.path_style
         else:
-            region = env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1"
+            region = env.get(ENV_S3_REGION_ALT) or env.get(ENV_S3_REGION) or "us-east-1"
             # Without a spec to say so, a custom endpoint is most likely MinIO-like: path-style.
             path_style = endpoint is not None
         return cls(endpoint=endpoint, region=region, path_style=path_style, endpoint_source=source)
@@ -707,8 +716,8 @@ def cache_dir() -> Path:
     """Where s3:// inputs are cached: FTJ_S3_CACHE_DIR, else beside HF_HOME (<HF_HOME>/../s3), else ~/.cache."""
     if os.environ.get(CACHE_DIR_ENV):
         return Path(os.environ[CACHE_DIR_ENV]).expanduser()
-    if os.environ.get("HF_HOME"):
-        return Path(os.environ["HF_HOME"]).expanduser().parent / "s3"
+    if os.environ.get(ENV_HF_HOME):
+        return Path(os.environ[ENV_HF_HOME]).expanduser().parent / "s3"
     return Path("~/.cache/finetune-trainer/s3").expanduser()
 
 
