@@ -1,0 +1,237 @@
+"""The memory estimate's model states are exact: counted from config.json, checked against real models.
+
+For every method the tiny models load exactly as a run loads them (task unit, then method unit);
+the estimate, computed from the saved ``config.json`` alone, must equal to the byte:
+
+* the trainable and total parameters as peft counts them;
+* the bytes of every parameter (4-bit weights with their quantisation state);
+* the bytes of the gradients after one backward pass;
+* the bytes of the optimizer state after one real optimizer step.
+
+Shape tables are also checked against models transformers builds on the meta device for every
+supported family and task, and bert-base with LoRA r=8 on query/value gives peft's 296,450.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from finetune_api.estimate import estimate_memory, model_tensors
+from finetune_api.model_shapes import model_shape
+from finetune_api.validation import parse_spec
+from tests.trainer import tiny, tiny_causal
+
+FAMILIES = {
+    "bert": ("BertConfig", {}),
+    "roberta": ("RobertaConfig", {"vocab_size": 1000, "num_hidden_layers": 2}),
+    "llama": ("LlamaConfig", {}),
+    "llama-tied": ("LlamaConfig", {"tie_word_embeddings": True}),
+    "mistral": ("MistralConfig", {}),
+    "qwen2": ("Qwen2Config", {}),
+    "qwen3": ("Qwen3Config", {"head_dim": 64}),
+}
+DECODER_SIZE = {
+    "vocab_size": 1000,
+    "hidden_size": 256,
+    "intermediate_size": 512,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 8,
+    "num_key_value_heads": 2,
+}
+AUTO_CLASSES = {
+    "sequence-classification": "AutoModelForSequenceClassification",
+    "token-classification": "AutoModelForTokenClassification",
+    "question-answering": "AutoModelForQuestionAnswering",
+    "causal-lm": "AutoModelForCausalLM",
+}
+
+
+def _config(family: str, task: str) -> Any:
+    import transformers
+
+    name, extra = FAMILIES[family]
+    size = DECODER_SIZE if name != "BertConfig" and name != "RobertaConfig" else {}
+    labels = 2 if task == "question-answering" else 3
+    return getattr(transformers, name)(**{**size, **extra, "num_labels": labels})
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+@pytest.mark.parametrize("task", list(AUTO_CLASSES))
+def test_shape_table_matches_the_model_transformers_builds(family: str, task: str) -> None:
+    import torch
+    import transformers
+
+    config = _config(family, task)
+    if config.model_type in ("bert", "roberta") and task == "causal-lm":
+        pytest.skip("encoders are not causal LMs")
+    with torch.device("meta"):
+        model = getattr(transformers, AUTO_CLASSES[task]).from_config(config)
+    real = {name: tuple(p.shape) for name, p in model.named_parameters()}
+    ours = {p.name: p.shape for p in model_shape(config.to_dict(), task, labels=3).params}
+    assert ours == real
+
+
+def _bert_base_spec(method: dict[str, Any]) -> Any:
+    return parse_spec(
+        {
+            "model": {"name": "bert-base-uncased"},
+            "task": {"type": "sequence-classification", "labels": ["neg", "pos"]},
+            "dataset": {"name": "imdb"},
+            "method": method,
+            "resources": {"gpusPerNode": 0},
+        }
+    )
+
+
+def test_bert_base_lora_r8_query_value_is_peft_count() -> None:
+    from transformers import BertConfig
+
+    spec = _bert_base_spec({"type": "lora", "lora": {"r": 8, "targetModules": ["query", "value"]}})
+    estimate = estimate_memory(spec, BertConfig().to_dict())
+    assert (estimate.trainable, estimate.total) == (296_450, 109_780_228)
+
+
+# ---- real tiny models, loaded as a run loads them ----
+
+
+@pytest.fixture(scope="module")
+def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tiny_causal.cached_tiny_causal(tmp_path_factory)
+
+
+def _bert_spec(model_dir: Path, method: dict[str, Any], optimizer: str = "adamw_torch") -> Any:
+    task = {"type": "sequence-classification", "labels": ["neg", "pos"]}
+    return parse_spec(tiny.spec_dict(model_dir, task, {"train": "x.jsonl"}, method, optimizer=optimizer))
+
+
+def _llama_spec(model_dir: Path, method: dict[str, Any], optimizer: str = "adamw_torch") -> Any:
+    task = {"type": "causal-lm", "format": "text"}
+    return parse_spec(tiny_causal.causal_spec(model_dir, task, {"train": "x.jsonl"}, method, optimizer=optimizer))
+
+
+def _prepared(spec: Any, model_dir: Path) -> Any:
+    from finetune_trainer.methods import get_method
+    from finetune_trainer.tasks import get_task
+    from finetune_trainer.tasks.base import PEFT_TASK_TYPES
+
+    method = get_method(spec.method.type)
+    model = get_task(spec.task.type).load_model(spec, str(model_dir), method.load_kwargs(spec))
+    return method.prepare(spec, model, PEFT_TASK_TYPES[spec.task.type])
+
+
+def _parameter_bytes(model: Any) -> int:
+    """Bytes of every distinct parameter, with each 4-bit weight's quantisation state."""
+    import torch
+
+    total = 0
+    for _, param in model.named_parameters():
+        total += param.nbytes
+        state = getattr(param, "quant_state", None)
+        if state is not None:
+            tensors = [v for v in vars(state).values() if isinstance(v, torch.Tensor)]
+            if state.state2 is not None:
+                tensors += [v for v in vars(state.state2).values() if isinstance(v, torch.Tensor)]
+            total += sum(t.nbytes for t in tensors)
+    return total
+
+
+def _one_step(model: Any, spec: Any, inputs: dict[str, Any]) -> tuple[int, int]:
+    """(gradient bytes, optimizer-state bytes) after one backward pass and one step of the spec's optimizer."""
+    import torch
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    name = spec.training.optimizer
+    if name.startswith("adamw_torch"):
+        optimizer: Any = torch.optim.AdamW(params, lr=1e-3, foreach=name == "adamw_torch")
+    elif name == "adafactor":
+        from transformers.optimization import Adafactor
+
+        optimizer = Adafactor(params, lr=1e-3, scale_parameter=False, relative_step=False)
+    elif name == "sgd":
+        optimizer = torch.optim.SGD(params, lr=1e-3)
+    else:
+        import bitsandbytes as bnb
+
+        optimizer = bnb.optim.AdamW8bit(params, lr=1e-3)
+    model.train()
+    model(**inputs).loss.backward()
+    grads = sum(p.grad.nbytes for p in params if p.grad is not None)
+    optimizer.step()
+    states = sum(
+        v.nbytes
+        for state in optimizer.state.values()
+        for key, v in state.items()
+        if isinstance(v, torch.Tensor) and not key.startswith("qmap")
+    )
+    return grads, states
+
+
+def _config_of(model_dir: Path) -> dict[str, Any]:
+    return json.loads((model_dir / "config.json").read_text())
+
+
+def _check(spec: Any, model_dir: Path, inputs: dict[str, Any]) -> None:
+    from finetune_trainer.methods.base import count_parameters
+
+    model = _prepared(spec, model_dir)
+    estimate = estimate_memory(spec, _config_of(model_dir))
+    assert (estimate.trainable, estimate.total) == count_parameters(model)
+    assert estimate.model_states.weights == _parameter_bytes(model)
+    grads, states = _one_step(model, spec, inputs)
+    assert estimate.model_states.gradients == grads
+    assert estimate.model_states.optimizer_states == states
+
+
+BERT_METHODS = [
+    {"type": "full"},
+    {"type": "feature-extraction"},
+    {"type": "lora", "lora": {"r": 4, "targetModules": ["query", "value", "dense"]}},
+    {"type": "prompt-tuning", "promptTuning": {"numVirtualTokens": 6}},
+]
+
+
+@pytest.mark.parametrize("method", BERT_METHODS, ids=lambda m: m["type"])
+def test_bert_model_states_are_exact(tiny_bert: Path, method: dict[str, Any]) -> None:
+    import torch
+
+    inputs = {"input_ids": torch.tensor([[101, 2204, 3185, 102]] * 2), "labels": torch.tensor([0, 1])}
+    _check(_bert_spec(tiny_bert, method), tiny_bert, inputs)
+
+
+LLAMA_METHODS = [
+    {"type": "full"},
+    {"type": "lora", "lora": {"r": 8, "targetModules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj"]}},
+    {"type": "qlora", "lora": {"r": 8}, "quantization": {"doubleQuant": True}},
+    {"type": "qlora", "lora": {"r": 4}, "quantization": {"doubleQuant": False, "quantType": "fp4"}},
+    {"type": "prompt-tuning", "promptTuning": {"numVirtualTokens": 4}},
+]
+
+
+@pytest.mark.parametrize("method", LLAMA_METHODS, ids=lambda m: f"{m['type']}-{m.get('quantization', {})}")
+def test_llama_model_states_are_exact(tiny_llama: Path, method: dict[str, Any]) -> None:
+    import torch
+
+    ids = torch.tensor([[5, 6, 7, 8, 9, 10]] * 2)
+    _check(_llama_spec(tiny_llama, method), tiny_llama, {"input_ids": ids, "labels": ids})
+
+
+@pytest.mark.parametrize("optimizer", ["adamw_torch_fused", "adafactor", "sgd", "adamw_bnb_8bit"])
+def test_optimizer_states_are_exact_for_every_optimizer(tiny_llama: Path, optimizer: str) -> None:
+    import torch
+
+    ids = torch.tensor([[5, 6, 7, 8, 9, 10]] * 2)
+    _check(_llama_spec(tiny_llama, {"type": "full"}, optimizer), tiny_llama, {"input_ids": ids, "labels": ids})
+
+
+def test_qlora_tensors_are_4bit_where_transformers_quantises(tiny_llama: Path) -> None:
+    import bitsandbytes as bnb
+
+    spec = _llama_spec(tiny_llama, {"type": "qlora"})
+    model = _prepared(spec, tiny_llama)
+    quantised = sum(m.weight.numel() * 2 for m in model.modules() if isinstance(m, bnb.nn.Linear4bit))
+    tensors = model_tensors(spec, model_shape(_config_of(tiny_llama), "causal-lm"))
+    assert sum(t.numel for t in tensors if t.quantised) == quantised
