@@ -230,6 +230,15 @@ class TrainingSpec(ApiModel):
         default="auto", description="auto: bf16 where the GPU has it, fp16 on other GPUs, fp32 on CPU."
     )
     gradient_checkpointing: bool = Field(default=False, description="Recompute activations to save memory.")
+    sizing: Literal["fixed", "auto"] = Field(
+        default="fixed",
+        description=(
+            "auto: before the job starts, pick from the GPU-memory estimate the largest batchSizePerDevice that fits "
+            "(keeping batchSizePerDevice x gradientAccumulationSteps), gradientCheckpointing only when needed, and, "
+            "with distributed.strategy auto, DeepSpeed ZeRO when data parallelism does not fit; the chosen values "
+            "are on status.memoryEstimate.resolved and in the trainer's config. fixed: run the settings as written."
+        ),
+    )
     group_by_length: bool = Field(
         default=False, description="Batch examples of similar length together to cut padding."
     )
@@ -295,6 +304,13 @@ class ResourcesSpec(ApiModel):
         default_factory=dict,
         max_length=32,
         description="Extra labels on the trainer pods (the operator's own labels take precedence).",
+    )
+    gpu_memory: Quantity | None = Field(
+        default=None,
+        description=(
+            "Memory of one GPU (e.g. 80Gi) for the fit estimate, when the nodes lack the nvidia.com/gpu.memory "
+            "label of NVIDIA GPU Feature Discovery; overrides the operator's default."
+        ),
     )
     volume_claim_name: Name | None = Field(
         default=None, description="PersistentVolumeClaim for the model cache and outputs (default: an emptyDir)."

@@ -20,7 +20,9 @@ def now() -> str:
 
 
 Phase = Literal["Pending", "Running", "Succeeded", "Failed", "Suspended"]
-ConditionType = Literal["Created", "Running", "Suspended", "Succeeded", "Failed", "Ready", "Reconciling", "Stalled"]
+ConditionType = Literal[
+    "Created", "Running", "Suspended", "Succeeded", "Failed", "Ready", "Reconciling", "Stalled", "FitsGPU"
+]
 
 
 class Condition(ApiModel):
@@ -64,6 +66,53 @@ class Artifacts(ApiModel):
     metrics: Name | None = Field(default=None, description="URI of metrics.json.")
 
 
+class MemoryBreakdown(ApiModel):
+    """Bytes per GPU by what holds them."""
+
+    weights: int = Field(ge=0, description="Model weights (4-bit ones with their quantisation state).")
+    gradients: int = Field(ge=0, description="Gradients of the trainable parameters.")
+    optimizer_states: int = Field(ge=0, description="Optimizer states (and DeepSpeed's float32 master weights).")
+    activations: int = Field(ge=0, description="Activations kept for the backward pass at the peak.")
+    overhead: int = Field(ge=0, description="Step temporaries, CUDA context and workspaces, fragmentation.")
+    total: int = Field(ge=0, description="Everything together.")
+
+
+class FitAlternative(ApiModel):
+    """A change that makes the job fit, with its own estimate."""
+
+    change: LongText = Field(description="What to change, e.g. 'method qlora' or 'deepspeed ZeRO-3 over 8 GPUs'.")
+    per_gpu_bytes: int = Field(ge=0, description="Bytes per GPU with the change.")
+
+
+class ResolvedSizing(ApiModel):
+    """The settings training.sizing auto chose (and the trainer runs with)."""
+
+    batch_size_per_device: int = Field(ge=1, description="Micro-batch per GPU.")
+    gradient_accumulation_steps: int = Field(ge=1, description="Micro-batches per optimiser step.")
+    gradient_checkpointing: bool = Field(description="Whether activations are recomputed.")
+    strategy: Name = Field(description="The distribution strategy, e.g. ddp or deepspeed ZeRO-3.")
+
+
+class MemoryEstimate(ApiModel):
+    """The per-GPU memory estimate and whether the job fits the GPUs it can land on."""
+
+    verdict: Literal["FitsGPU", "DoesNotFit", "Unknown"] = Field(description="FitsGPU, DoesNotFit or Unknown.")
+    gpu_memory_bytes: int | None = Field(default=None, ge=0, description="Memory of one GPU the job was sized for.")
+    gpu_memory_source: LongText | None = Field(
+        default=None, description="Where the GPU memory came from: a node label, the spec or the operator's default."
+    )
+    per_gpu: MemoryBreakdown | None = Field(default=None, description="Estimated bytes per GPU.")
+    trainable_parameters: int | None = Field(default=None, ge=0, description="Parameters that train (as peft counts).")
+    total_parameters: int | None = Field(default=None, ge=0, description="All parameters (as peft counts).")
+    strategy: Name | None = Field(default=None, description="The strategy the estimate is for.")
+    precision: Name | None = Field(default=None, description="The precision the estimate is for.")
+    alternatives: list[FitAlternative] = Field(
+        default_factory=list, max_length=8, description="Computed changes that would make the job fit."
+    )
+    resolved: ResolvedSizing | None = Field(default=None, description="training.sizing auto: the chosen settings.")
+    message: LongText = Field(default="", description="The estimate in one line.")
+
+
 class FineTuneJobStatus(ApiModel):
     """Observed state of a FineTuneJob."""
 
@@ -78,6 +127,9 @@ class FineTuneJobStatus(ApiModel):
     metrics: dict[str, float] = Field(default_factory=dict, max_length=64, description="Latest eval metrics.")
     parameters: Parameters | None = Field(default=None, description="Trainable and total parameters.")
     artifacts: Artifacts | None = Field(default=None, description="Result URIs.")
+    memory_estimate: MemoryEstimate | None = Field(
+        default=None, description="GPU-memory estimate per GPU, fit verdict and alternatives (before the job starts)."
+    )
     message: LongText | None = Field(default=None, description="The current state or error, in one line.")
 
 

@@ -1,7 +1,7 @@
 """Command line of the trainer image.
 
     python -m finetune_trainer run --config job.yaml --output-dir /outputs
-    python -m finetune_trainer validate --config job.yaml
+    python -m finetune_trainer validate --config job.yaml [--gpu-memory 80Gi]
 
 ``--config`` takes a whole FineTuneJob manifest or a bare spec. ``run`` works unchanged under
 ``torchrun --nproc-per-node N`` and ``accelerate launch``: every process runs it and only
@@ -17,6 +17,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from finetune_api.spec import FineTuneJobSpec
 from finetune_api.validation import InvalidSpec, load_spec_file
 from finetune_trainer.arguments import WorldInfo
 from finetune_trainer.errors import EXIT_CONFIG, EXIT_OK, ConfigError, DataError, TrainerError
@@ -36,6 +37,11 @@ def _parser() -> argparse.ArgumentParser:
         "validate", help="check the spec and the dataset's splits, columns and labels without loading the model"
     )
     validate.add_argument("--config", required=True, help="FineTuneJob YAML (manifest or bare spec)")
+    validate.add_argument(
+        "--gpu-memory",
+        help="memory of one GPU (e.g. 80Gi, 40G, 81559Mi): print the per-GPU memory estimate and whether the job fits "
+        "(default: spec.resources.gpuMemory; without either no estimate is printed)",
+    )
     return parser
 
 
@@ -45,8 +51,12 @@ def _configure_logging(world: WorldInfo) -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
 
 
-def validate_command(config: str) -> int:
-    """Check spec, splits, columns and labels (and tokenizer-level fits); print OK and a summary."""
+def validate_command(config: str, gpu_memory: str | None = None) -> int:
+    """Check spec, splits, columns and labels (and tokenizer-level fits); print OK and a summary.
+
+    With a GPU memory size (``--gpu-memory`` or spec.resources.gpuMemory) also print the memory estimate
+    table; a job that does not fit ends with the config exit code.
+    """
     import datasets
 
     from finetune_trainer.data import load_datasets
@@ -67,7 +77,32 @@ def validate_command(config: str) -> int:
         task.check_with_tokenizer(spec, splits, load_tokenizer(spec, model_path))
     rows = ", ".join(f"{name} {len(split)} rows" for name, split in splits.items())
     print(f"OK: {spec.task.type} with {spec.method.type}; {rows}")
-    return EXIT_OK
+    memory = gpu_memory or spec.resources.gpu_memory
+    return (
+        print_estimate(spec, memory, "--gpu-memory" if gpu_memory else "spec.resources.gpuMemory")
+        if memory
+        else EXIT_OK
+    )
+
+
+def print_estimate(spec: FineTuneJobSpec, gpu_memory: str, field: str) -> int:
+    """Print the estimate table for GPUs of ``gpu_memory``; EXIT_CONFIG when the job does not fit."""
+    from finetune_api.estimate import parse_memory
+    from finetune_api.model_shapes import UnknownArchitecture
+    from finetune_api.sizing import estimate_table, fit_report
+    from finetune_trainer.model_config import read_model_config
+
+    try:
+        memory = parse_memory(gpu_memory)
+    except ValueError:
+        raise ConfigError(f"{field}: {gpu_memory!r} is not a memory size; write it like 80Gi, 40G or 81559Mi") from None
+    try:
+        report = fit_report(spec, read_model_config(spec), memory)
+    except UnknownArchitecture as err:
+        print(f"memory estimate: not available: {err}")
+        return EXIT_OK
+    print(estimate_table(report))
+    return EXIT_OK if report.fits else EXIT_CONFIG
 
 
 def run_command(config: str, output_dir: str) -> int:
@@ -88,7 +123,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     _configure_logging(world)
     try:
         if args.command == "validate":
-            return validate_command(args.config)
+            return validate_command(args.config, args.gpu_memory)
         return run_command(args.config, args.output_dir)
     except InvalidSpec as err:
         print(f"config error: {err}", file=sys.stderr)
