@@ -11,7 +11,7 @@ from finetune_trainer.engine import latest_checkpoint
 from finetune_trainer.tasks.base import LabelIndex
 from finetune_trainer.tasks.question_answering import answer_token_span, best_spans, normalize_answer, squad_scores
 from finetune_trainer.tasks.sequence_classification import LabelEncoder
-from finetune_trainer.tasks.token_classification import IGNORE, align_tags
+from finetune_trainer.tasks.token_classification import IGNORE_INDEX, align_tags
 
 
 @pytest.mark.parametrize(("value", "expected"), [("neg", 0), ("pos", 1), (0, 0), (1, 1), (True, 1), (1.0, 1)])
@@ -43,7 +43,7 @@ def test_single_label_refuses_a_list() -> None:
 def test_word_tags_go_to_the_first_sub_token_only() -> None:
     # [CLS] barack ##ob ##ama was born [SEP]
     word_ids = [None, 0, 0, 0, 1, 2, None]
-    assert align_tags(word_ids, [1, 0, 0]) == [IGNORE, 1, IGNORE, IGNORE, 0, 0, IGNORE]
+    assert align_tags(word_ids, [1, 0, 0]) == [IGNORE_INDEX, 1, IGNORE_INDEX, IGNORE_INDEX, 0, 0, IGNORE_INDEX]
 
 
 def test_answer_span_maps_characters_to_context_tokens(tiny_bert: Path) -> None:

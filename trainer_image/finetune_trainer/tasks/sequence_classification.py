@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from finetune_trainer.data import describe_split, require_columns
 from finetune_trainer.errors import DataError
+from finetune_trainer.losses import binary_cross_entropy_loss, cross_entropy_loss
 from finetune_trainer.tasks.base import (
     LabelIndex,
     RunContext,
@@ -161,6 +162,8 @@ class SequenceClassificationTask:
             eval_dataset=evaluation,
             processing_class=tokenizer,
             compute_metrics=metrics_function(ctx.spec),
+            # The loss normalised by the Trainer's item count: the same under any number of processes.
+            compute_loss_func=binary_cross_entropy_loss if ctx.spec.task.multi_label else cross_entropy_loss,
             callbacks=ctx.callbacks,
         )
 

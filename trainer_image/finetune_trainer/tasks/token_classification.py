@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from finetune_trainer.data import describe_split, require_columns
 from finetune_trainer.errors import DataError
+from finetune_trainer.losses import IGNORE_INDEX, cross_entropy_loss
 from finetune_trainer.tasks.base import (
     LabelIndex,
     RunContext,
@@ -31,7 +32,6 @@ if TYPE_CHECKING:
     from finetune_api.spec import FineTuneJobSpec
 
 log = logging.getLogger(__name__)
-IGNORE = -100  # the label id CrossEntropyLoss (and our metrics) skip
 IOB_TAG = re.compile(r"^(O|[BIESLU]-.+)$")
 
 
@@ -41,7 +41,7 @@ def align_tags(word_ids: list[int | None], tag_ids: list[int]) -> list[int]:
     previous: int | None = None
     for word in word_ids:
         if word is None or word == previous:
-            labels.append(IGNORE)
+            labels.append(IGNORE_INDEX)
         else:
             labels.append(tag_ids[word])
         previous = word
@@ -140,6 +140,8 @@ class TokenClassificationTask:
             eval_dataset=evaluation,
             processing_class=ctx.tokenizer,
             compute_metrics=metrics_function(ctx.spec.task.labels),
+            # The loss normalised by the Trainer's token count: the same under any number of processes.
+            compute_loss_func=cross_entropy_loss,
             callbacks=ctx.callbacks,
         )
 
@@ -157,7 +159,7 @@ def metrics_function(labels: list[str]) -> Any:
         truth: list[list[str]] = []
         guess: list[list[str]] = []
         for pred_row, gold_row in zip(predicted, gold, strict=True):
-            keep = gold_row != IGNORE
+            keep = gold_row != IGNORE_INDEX
             truth.append([labels[i] for i in gold_row[keep]])
             guess.append([labels[i] for i in pred_row[keep]])
         return {
