@@ -7,7 +7,8 @@ the way the trainer builds them, plus activations from the transformer's shapes,
   as bitsandbytes packs them (two values a byte, one scale per 64 values, the scales themselves
   8-bit with double quantisation); LoRA matrices and soft prompts in float32 (peft upcasts
   adapters); for QLoRA the unquantised parameters upcast to float32 (peft's
-  ``prepare_model_for_kbit_training``); a ``modules_to_save`` copy of the task head.
+  ``prepare_model_for_kbit_training``) and, under TRL's trainers, the adapters cast to bfloat16;
+  a ``modules_to_save`` copy of the task head.
 * **gradients**: one per trainable value, in its dtype.
 * **optimizer states**: AdamW two moments in the parameter's dtype plus a step counter per tensor;
   Adafactor factored second moments in float32; 8-bit AdamW one byte per moment and a float32 scale
@@ -35,6 +36,7 @@ from finetune_api.spec import FineTuneJobSpec, LoraOptions, PromptTuningOptions,
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 PRECISION_DTYPE = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 HEAD_TASKS = ("sequence-classification", "token-classification", "question-answering")
+TRL_TASKS = ("causal-lm", "preference")  # trained by TRL's trainers
 QUANT_BLOCK = 64  # values per 4-bit scale (bitsandbytes' default blocksize)
 NESTED_BLOCK = 256  # 8-bit scales per float32 scale of the nested (double) quantisation
 OPTIM8_BLOCK = 256
@@ -175,6 +177,9 @@ def model_tensors(spec: FineTuneJobSpec, shape: ModelShape) -> list[Tensor]:
     if method == "prompt-tuning":
         tokens = (spec.method.prompt_tuning or PromptTuningOptions()).num_virtual_tokens
         out.append(Tensor((tokens, shape.hidden), "float32", True))
+    if method == "qlora" and spec.task.type in TRL_TASKS:
+        # TRL's SFT and DPO trainers cast the trainable parameters of a quantised model to bfloat16 (as in the paper).
+        out = [Tensor(t.shape, "bfloat16", True) if t.trainable else t for t in out]
     return out
 
 

@@ -16,7 +16,8 @@ Runs (each through ``finetune_trainer.engine.train``, the trainer's own code pat
 
 Each run is its own process, so a crash, an out-of-memory or a missing package ends that run only; its
 error is recorded and the others' figures are kept. For each run it reports tokens/s (after warm-up
-steps), peak GPU memory (``torch.cuda.max_memory_allocated``) and model-FLOPs utilisation,
+steps), peak GPU memory (``torch.cuda.max_memory_allocated``) beside the memory estimate the operator
+computes for the same spec (``finetune_api.estimate``, with the ratio), and model-FLOPs utilisation,
 MFU = 6 * N * tokens/s / peak, with N the model's parameter count and the peak the GPU's dense bf16
 tensor throughput from the table below (the value used is printed and stored). 6N counts forward and
 backward of every weight; adapter runs skip weight gradients of the frozen base and checkpointing adds a
@@ -273,9 +274,47 @@ def worker(name: str, work: Path, size: Size, dry_run: bool, result_path: Path) 
         "wall_s": wall,
         "quantized_4bit_layers": sum(type(m).__name__ == "Linear4bit" for m in result.model.modules()),
     }
+    figures.update(estimate_figures(spec, assets, result, figures))
     if int(os.environ.get("RANK", "0")) == 0:
         result_path.write_text(json.dumps(figures, indent=2))
     return 0
+
+
+def estimate_figures(spec: Any, assets: dict[str, Any], result: Any, measured: dict[str, Any]) -> dict[str, Any]:
+    """The memory estimate for this run (from the model's config.json, as the operator computes it) beside
+    what was measured: the peak allocated and reserved on the GPU, and the model states (parameters and
+    optimizer state, after training) wherever the run holds them unpartitioned (not under DeepSpeed).
+
+    Ratios are estimate / measured; the goal is 0.9 to 1.15 for the peaks.
+    """
+    from finetune_api.activations import RUNTIME_BYTES
+    from finetune_api.estimate import estimate_memory
+    from finetune_trainer.memory import optimizer_state_bytes, parameter_bytes
+
+    config = json.loads((Path(assets["model_dir"]) / "config.json").read_text())
+    estimate = estimate_memory(spec, config)
+    out: dict[str, Any] = {
+        "est_allocated_gib": estimate.allocated / 2**30,
+        "est_reserved_gib": (estimate.per_gpu.total - RUNTIME_BYTES) / 2**30,
+        "est_breakdown_gib": {k: v / 2**30 for k, v in asdict(estimate.per_gpu).items()},
+        "est_trainable_params": estimate.trainable,
+    }
+    if measured.get("peak_mem_gib"):
+        out["est_ratio_allocated"] = out["est_allocated_gib"] / measured["peak_mem_gib"]
+    if measured.get("peak_reserved_gib"):
+        out["est_ratio_reserved"] = out["est_reserved_gib"] / measured["peak_reserved_gib"]
+    if spec.distributed.strategy != "deepspeed":
+        states = parameter_bytes(result.model) + optimizer_state_bytes(result.trainer.optimizer)
+        expected = estimate.model_states.weights + estimate.model_states.optimizer_states
+        out.update(states_gib=states / 2**30, est_states_gib=expected / 2**30, est_ratio_states=expected / states)
+    return out
+
+
+def within_goal(ratio: float | None) -> str:
+    """'yes' when an estimate/measured ratio meets the goal (within 15 %, never more than 10 % below)."""
+    if ratio is None:
+        return "-"
+    return "yes" if 0.9 <= ratio <= 1.15 else "NO"
 
 
 # ---- the driver ----
@@ -397,6 +436,21 @@ def print_table(outcomes: list[Outcome], peak: float | None) -> None:
             f"{_cell(f, 'quantized_4bit_layers', 'd'):>5}"
         )
     print(f"MFU = 6 * N * tokens/s / peak bf16 ({peak if peak else 'unknown'} TFLOP/s dense)")
+    print()
+    head = f"{'run':<10} {'est GiB':>8} {'peak GiB':>9} {'est/peak':>9} {'est/resv':>9} "
+    head += f"{'states est/meas':>16} {'goal':>5}"
+    print(head)
+    print("-" * len(head))
+    for o in outcomes:
+        if not o.ok:
+            continue
+        f = o.figures
+        print(
+            f"{o.name:<10} {_cell(f, 'est_allocated_gib', '.2f'):>8} {_cell(f, 'peak_mem_gib', '.2f'):>9} "
+            f"{_cell(f, 'est_ratio_allocated', '.3f'):>9} {_cell(f, 'est_ratio_reserved', '.3f'):>9} "
+            f"{_cell(f, 'est_ratio_states', '.4f'):>16} {within_goal(f.get('est_ratio_allocated')):>5}"
+        )
+    print("estimate / measured; goal 0.90-1.15 for the peak (never more than 10 % below)")
     for o in outcomes:
         if not o.ok:
             print(f"\n[{o.name}] {o.error}")

@@ -123,25 +123,11 @@ def _prepared(spec: Any, model_dir: Path) -> Any:
     return method.prepare(spec, model, PEFT_TASK_TYPES[spec.task.type])
 
 
-def _parameter_bytes(model: Any) -> int:
-    """Bytes of every distinct parameter, with each 4-bit weight's quantisation state."""
-    import torch
-
-    total = 0
-    for _, param in model.named_parameters():
-        total += param.nbytes
-        state = getattr(param, "quant_state", None)
-        if state is not None:
-            tensors = [v for v in vars(state).values() if isinstance(v, torch.Tensor)]
-            if state.state2 is not None:
-                tensors += [v for v in vars(state.state2).values() if isinstance(v, torch.Tensor)]
-            total += sum(t.nbytes for t in tensors)
-    return total
-
-
 def _one_step(model: Any, spec: Any, inputs: dict[str, Any]) -> tuple[int, int]:
     """(gradient bytes, optimizer-state bytes) after one backward pass and one step of the spec's optimizer."""
     import torch
+
+    from finetune_trainer.memory import gradient_bytes, optimizer_state_bytes
 
     params = [p for p in model.parameters() if p.requires_grad]
     name = spec.training.optimizer
@@ -159,15 +145,9 @@ def _one_step(model: Any, spec: Any, inputs: dict[str, Any]) -> tuple[int, int]:
         optimizer = bnb.optim.AdamW8bit(params, lr=1e-3)
     model.train()
     model(**inputs).loss.backward()
-    grads = sum(p.grad.nbytes for p in params if p.grad is not None)
+    grads = gradient_bytes(model)
     optimizer.step()
-    states = sum(
-        v.nbytes
-        for state in optimizer.state.values()
-        for key, v in state.items()
-        if isinstance(v, torch.Tensor) and not key.startswith("qmap")
-    )
-    return grads, states
+    return grads, optimizer_state_bytes(optimizer)
 
 
 def _config_of(model_dir: Path) -> dict[str, Any]:
@@ -175,12 +155,13 @@ def _config_of(model_dir: Path) -> dict[str, Any]:
 
 
 def _check(spec: Any, model_dir: Path, inputs: dict[str, Any]) -> None:
+    from finetune_trainer.memory import parameter_bytes
     from finetune_trainer.methods.base import count_parameters
 
     model = _prepared(spec, model_dir)
     estimate = estimate_memory(spec, _config_of(model_dir))
     assert (estimate.trainable, estimate.total) == count_parameters(model)
-    assert estimate.model_states.weights == _parameter_bytes(model)
+    assert estimate.model_states.weights == parameter_bytes(model)
     grads, states = _one_step(model, spec, inputs)
     assert estimate.model_states.gradients == grads
     assert estimate.model_states.optimizer_states == states
@@ -205,9 +186,11 @@ def test_bert_model_states_are_exact(tiny_bert: Path, method: dict[str, Any]) ->
 LLAMA_METHODS = [
     {"type": "full"},
     {"type": "lora", "lora": {"r": 8, "targetModules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj"]}},
+    {"type": "prompt-tuning", "promptTuning": {"numVirtualTokens": 4}},
+]
+QLORA_METHODS = [
     {"type": "qlora", "lora": {"r": 8}, "quantization": {"doubleQuant": True}},
     {"type": "qlora", "lora": {"r": 4}, "quantization": {"doubleQuant": False, "quantType": "fp4"}},
-    {"type": "prompt-tuning", "promptTuning": {"numVirtualTokens": 4}},
 ]
 
 
@@ -235,3 +218,38 @@ def test_qlora_tensors_are_4bit_where_transformers_quantises(tiny_llama: Path) -
     quantised = sum(m.weight.numel() * 2 for m in model.modules() if isinstance(m, bnb.nn.Linear4bit))
     tensors = model_tensors(spec, model_shape(_config_of(tiny_llama), "causal-lm"))
     assert sum(t.numel for t in tensors if t.quantised) == quantised
+
+
+@pytest.mark.parametrize("method", QLORA_METHODS, ids=["nf4-double-quant", "fp4"])
+def test_qlora_model_states_are_exact_in_a_real_run(tiny_llama: Path, tmp_path: Path, method: dict[str, Any]) -> None:
+    """Through the trainer's own run (TRL casts a quantised model's adapters to bfloat16): measured at the
+    first optimizer step, on the model and optimizer the Trainer holds."""
+    from transformers import TrainerCallback
+
+    from finetune_trainer import engine
+    from finetune_trainer.memory import gradient_bytes, optimizer_state_bytes, parameter_bytes
+    from finetune_trainer.methods.base import count_parameters
+
+    seen: dict[str, Any] = {}
+
+    class Measure(TrainerCallback):
+        def on_pre_optimizer_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            seen.setdefault("counts", count_parameters(kwargs["model"]))
+            seen.setdefault("weights", parameter_bytes(kwargs["model"]))
+            seen.setdefault("gradients", gradient_bytes(kwargs["model"]))
+
+        def on_optimizer_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            seen.setdefault("optimizer", optimizer_state_bytes(kwargs["optimizer"]))
+
+    train = tiny.write_jsonl(tmp_path / "train.jsonl", tiny_causal.text_rows(8))
+    spec = parse_spec(
+        tiny_causal.causal_spec(
+            tiny_llama, {"type": "causal-lm", "format": "text"}, {"train": str(train)}, method, maxSteps=1
+        )
+    )
+    engine.train(spec, tmp_path / "out", callbacks=[Measure()])
+    estimate = estimate_memory(spec, _config_of(tiny_llama))
+    assert seen["counts"] == (estimate.trainable, estimate.total)
+    assert seen["weights"] == estimate.model_states.weights
+    assert seen["gradients"] == estimate.model_states.gradients
+    assert seen["optimizer"] == estimate.model_states.optimizer_states
