@@ -70,11 +70,17 @@ ENV_S3_SECRET_ACCESS_KEY = "AWS_SECRET_ACCESS_KEY"
 # Trainer settings with defaults; not set by the operator (a cluster admin or a test may).
 ENV_STATUS_INTERVAL = "FTJ_STATUS_INTERVAL"  # seconds between status patches (default 10)
 ENV_S3_RETRY_SECONDS = "FTJ_S3_RETRY_SECONDS"  # how long S3 transfers retry (default 300)
+ENV_LOAD_RETRY_SECONDS = "FTJ_LOAD_RETRY_SECONDS"  # how long hub model/dataset loads retry (default 300)
 ENV_S3_CACHE_DIR = "FTJ_S3_CACHE_DIR"  # where s3:// inputs are cached
 ENV_S3_UPLOAD_QUEUE = "FTJ_S3_UPLOAD_QUEUE"  # checkpoints waiting behind the uploading one (default 1)
 ENV_S3_PART_TIMEOUT = "FTJ_S3_PART_TIMEOUT"  # seconds rank 0 waits for every node's part of a checkpoint
 
 # ---- exit codes: what the trainer tells the Job controller ----
+
+# Kubernetes' default terminationMessagePath: rank 0 writes "<kind> error: <reason>" there before a failed exit,
+# so the reason is in the pod's containerStatuses[].state.terminated.message (the kubelet keeps 4096 bytes).
+TERMINATION_MESSAGE_PATH = "/dev/termination-log"
+TERMINATION_MESSAGE_LIMIT = 4096
 
 
 @dataclass(frozen=True)

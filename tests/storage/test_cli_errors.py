@@ -31,7 +31,7 @@ def closed_port_endpoint() -> str:
             "local/spec-",
         ),
         ("missing-bucket", 3, "bucket 'no-such-bucket-here' does not exist at {endpoint}: create it, or fix "),
-        ("bad-endpoint", 1, "cannot reach the S3 endpoint {endpoint} to list s3://{bucket}/runs/local/spec-"),
+        ("bad-endpoint", 75, "cannot reach the S3 endpoint {endpoint} to list s3://{bucket}/runs/local/spec-"),
     ],
 )
 def test_a_misconfigured_store_stops_the_run_with_the_reason(

@@ -353,6 +353,6 @@ def test_a_final_upload_that_keeps_failing_fails_the_run_and_keeps_the_files(
     assert message.startswith("the final artifacts could not be uploaded to s3://gone/runs/local/spec-")
     assert f"cannot reach the S3 endpoint {own_minio.endpoint}" in message
     assert f"They are still in {tmp_path / 'out'} on this pod" in message
-    assert err.value.exit_code == 1  # retryable: the Job runs the pod again
+    assert err.value.exit_code == 75  # retryable: the Job runs the pod again
     assert (tmp_path / "out" / "adapter_model.safetensors").is_file()
     assert (tmp_path / "out" / "metrics.json").is_file()

@@ -72,7 +72,7 @@ from finetune_api.contract import (
 )
 from finetune_api.spec import LoraOptions, PromptTuningOptions, wire
 from finetune_api.status import Artifacts, FineTuneJobStatus, now
-from finetune_trainer.errors import ConfigError
+from finetune_trainer.errors import EXIT_RETRYABLE, ConfigError
 from finetune_trainer.storage import FileEntry, S3Storage, S3Uri, StorageError, relative_files
 
 if TYPE_CHECKING:
@@ -737,8 +737,8 @@ class S3JobOutput:
         except StorageError as err:
             raise FinalUploadError(
                 f"the final artifacts could not be uploaded to {self.location.root}: {err}. They are still in "
-                f"{out} on this pod; the job fails with exit code 1 so that Kubernetes retries it, and the retry "
-                "resumes from the last checkpoint in S3."
+                f"{out} on this pod; the job fails with the retryable exit code so that Kubernetes retries it, "
+                "and the retry resumes from the last checkpoint in S3."
             ) from err
         finally:
             if self._owns_reporter and self.reporter is not None:
@@ -769,7 +769,9 @@ class S3JobOutput:
 
 
 class FinalUploadError(StorageError):
-    """The final artifacts did not reach S3 after every retry (exit 1: retryable)."""
+    """The final artifacts did not reach S3 after every retry (retryable: the Job runs the pod again)."""
+
+    exit_code = EXIT_RETRYABLE
 
 
 def _is_artifact(relative: str) -> bool:

@@ -12,15 +12,26 @@ and the exit code the operator's podFailurePolicy reads: 3 for the spec, 4 for t
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
+from finetune_api.contract import TERMINATION_MESSAGE_LIMIT, TERMINATION_MESSAGE_PATH
 from finetune_api.spec import FineTuneJobSpec
 from finetune_api.validation import InvalidSpec, load_spec_file
 from finetune_trainer.arguments import WorldInfo
-from finetune_trainer.errors import EXIT_CONFIG, EXIT_OK, ConfigError, DataError, TrainerError
+from finetune_trainer.errors import (
+    EXIT_CONFIG,
+    EXIT_DATA,
+    EXIT_OK,
+    EXIT_RETRYABLE,
+    ConfigError,
+    TrainerError,
+    classify,
+)
 
 log = logging.getLogger("finetune_trainer")
 
@@ -129,10 +140,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"config error: {err}", file=sys.stderr)
         return EXIT_CONFIG
     except TrainerError as err:
-        kind = {ConfigError: "config error", DataError: "data error"}.get(type(err), "error")
-        prefix = f"[rank {world.rank}] " if world.world_size > 1 else ""
-        print(f"{prefix}{kind}: {err}", file=sys.stderr)
-        return err.exit_code
+        return report_failure(world, err.exit_code, str(err))
+    except Exception as err:
+        # Not one of ours: a library error that escaped every call site. Retryable and permanent ones get
+        # their code and a one-line reason; anything else is a bug and keeps its traceback (exit 1).
+        failure = classify(err)
+        if failure.kind == "unexpected":
+            raise
+        return report_failure(world, failure.exit_code, failure.reason)
+
+
+def report_failure(world: WorldInfo, code: int, reason: str) -> int:
+    """Print the reason on stderr (and in the pod's termination message); the exit code."""
+    kind = {EXIT_CONFIG: "config error", EXIT_DATA: "data error", EXIT_RETRYABLE: "retryable error"}.get(code, "error")
+    prefix = f"[rank {world.rank}] " if world.world_size > 1 else ""
+    print(f"{prefix}{kind}: {reason}", file=sys.stderr)
+    message = Path(TERMINATION_MESSAGE_PATH)
+    if world.is_main and message.is_file():  # the kubelet creates it in the container; elsewhere it is absent
+        with contextlib.suppress(OSError):
+            message.write_text(f"{kind}: {reason}"[:TERMINATION_MESSAGE_LIMIT])
+    return code
 
 
 if __name__ == "__main__":

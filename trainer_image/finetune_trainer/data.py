@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from finetune_trainer.errors import ConfigError, DataError
+from finetune_api.contract import ENV_LOAD_RETRY_SECONDS
+from finetune_trainer.errors import ConfigError, DataError, RetryableError, classify, retry_transient
 
 if TYPE_CHECKING:
     from datasets import Dataset, DatasetDict
@@ -34,6 +36,17 @@ FILE_BUILDERS: dict[str, str] = {
 }
 TRAIN = "train"
 EVAL = "eval"
+DEFAULT_LOAD_RETRY_SECONDS = 300.0
+
+
+def load_retry_seconds() -> float:
+    """How long loading from the hub retries transient failures (FTJ_LOAD_RETRY_SECONDS, default 300)."""
+    raw = os.environ.get(ENV_LOAD_RETRY_SECONDS)
+    try:
+        return float(raw) if raw else DEFAULT_LOAD_RETRY_SECONDS
+    except ValueError:
+        log.warning("%s=%r is not a number; using %s s", ENV_LOAD_RETRY_SECONDS, raw, DEFAULT_LOAD_RETRY_SECONDS)
+        return DEFAULT_LOAD_RETRY_SECONDS
 
 
 def resolve_location(uri: str, *, field: str = "dataset.files", s3: S3Location | None = None) -> Path:
@@ -171,7 +184,10 @@ def _load_file(location: str, field: str, s3: S3Location | None = None) -> Datas
         raise DataError(f"{field}: {path} is empty; the split needs at least one row")
     try:
         loaded = load_dataset(builder, data_files={TRAIN: str(path)}, split=TRAIN)
-    except Exception as err:  # datasets/pyarrow/pandas raise many types; all mean "cannot read this file"
+    except Exception as err:  # datasets/pyarrow/pandas raise many types; most mean "cannot read this file"
+        failure = classify(err)
+        if failure.retryable:  # a network volume that timed out, not the file's content
+            raise RetryableError(f"{field}: cannot read {path}: {failure.reason}") from err
         if builder in ("json", "csv") and _has_no_rows(path, header=builder == "csv"):
             raise DataError(f"{field}: {path} has no rows; the split needs at least one example") from None
         where = _locate_json_error(path) if builder == "json" else None
@@ -234,14 +250,15 @@ def _load_hub_splits(spec: FineTuneJobSpec) -> tuple[Dataset, Dataset | None]:
 
     ds = spec.dataset
     assert ds.name is not None
+    what = f"hub dataset {ds.name!r}" + (f" (config {ds.config!r})" if ds.config else "")
     try:
-        loaded = load_dataset(ds.name, ds.config)
-    except Exception as err:  # network, missing dataset, missing config: the hub client's message says which
-        raise DataError(
-            f"dataset.name: cannot load hub dataset {ds.name!r}"
-            + (f" (config {ds.config!r})" if ds.config else "")
-            + f": {_root_message(err)}"
-        ) from None
+        loaded = retry_transient(
+            f"loading {what}", lambda: load_dataset(ds.name, ds.config), budget_seconds=load_retry_seconds()
+        )
+    except RetryableError as err:  # the hub stayed unreachable, slow or overloaded for the whole budget
+        raise RetryableError(f"dataset.name: cannot load {what}: {err}") from err
+    except Exception as err:  # a missing dataset or config, a gated one without a token: the message says which
+        raise DataError(f"dataset.name: cannot load {what}: {_root_message(err)}") from None
     available = list(loaded.keys())
     if ds.train_split not in loaded:
         raise DataError(

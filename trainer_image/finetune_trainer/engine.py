@@ -21,9 +21,10 @@ from __future__ import annotations
 import json
 import logging
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import yaml
 
@@ -32,8 +33,8 @@ from finetune_api.spec import FineTuneJobSpec, LoraOptions, PromptTuningOptions,
 from finetune_api.status import FineTuneJobStatus, Parameters
 from finetune_api.validation import load_spec_file
 from finetune_trainer.arguments import DeviceCapability, WorldInfo, resolve_precision, training_kwargs
-from finetune_trainer.data import load_datasets
-from finetune_trainer.errors import ConfigError
+from finetune_trainer.data import load_datasets, load_retry_seconds
+from finetune_trainer.errors import ConfigError, RetryableError, retry_transient
 from finetune_trainer.methods import get_method
 from finetune_trainer.methods.base import count_parameters
 from finetune_trainer.tasks import get_task
@@ -52,6 +53,7 @@ if TYPE_CHECKING:
     from finetune_trainer.status_reporter import StatusReporter
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 ADAPTER_CONFIG_FILE = "adapter_config.json"
 CHECKPOINT_DIR = re.compile(r"^checkpoint-(\d+)$")
@@ -98,15 +100,35 @@ def resolve_model_location(source: ModelSource, s3: S3Location | None = None) ->
     return source.name
 
 
+def load_pretrained(
+    spec: FineTuneJobSpec, what: str, load: Callable[[], T], *, permanent: tuple[type[Exception], ...] = (OSError,)
+) -> T:
+    """``load()`` of the spec's model (or its tokenizer), retrying transient hub failures in-process.
+
+    A failure that outlasts FTJ_LOAD_RETRY_SECONDS ends as a RetryableError (exit 75); one of the
+    ``permanent`` types that is not transient (missing repository, gated without a token, bad files) as a
+    ConfigError naming model.name or model.path.
+    """
+    field = "model.path" if spec.model.path else "model.name"
+    try:
+        return retry_transient(f"loading {what}", load, budget_seconds=load_retry_seconds())
+    except RetryableError as err:
+        raise RetryableError(f"{field}: cannot load {what}: {err}") from err
+    except permanent as err:
+        raise ConfigError(f"{field}: cannot load {what}: {err}") from None
+
+
 def load_tokenizer(spec: FineTuneJobSpec, model_path: str) -> PreTrainedTokenizerBase:
     """The model's tokenizer, with a pad token (batches are padded) and word-split input support."""
     from transformers import AutoTokenizer
 
     field = "model.path" if spec.model.path else "model.name"
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(model_path, **pretrained_kwargs(spec, model_path))
-    except (OSError, ValueError) as err:
-        raise ConfigError(f"{field}: cannot load a tokenizer from {model_path}: {err}") from None
+    tokenizer = load_pretrained(
+        spec,
+        f"a tokenizer from {model_path}",
+        lambda: AutoTokenizer.from_pretrained(model_path, **pretrained_kwargs(spec, model_path)),
+        permanent=(OSError, ValueError),
+    )
     backend = getattr(tokenizer, "backend_tokenizer", None)
     pre_tokenizer = getattr(backend, "pre_tokenizer", None)
     if (
@@ -217,11 +239,9 @@ def _train(
 
     # The head is initialised randomly: seed it so reruns (and resumes) start from the same weights.
     set_seed(spec.training.seed)
-    try:
-        model = task.load_model(spec, model_path, method.load_kwargs(spec))
-    except OSError as err:
-        field = "model.path" if spec.model.path else "model.name"
-        raise ConfigError(f"{field}: cannot load a model from {model_path}: {err}") from None
+    model = load_pretrained(
+        spec, f"a model from {model_path}", lambda: task.load_model(spec, model_path, method.load_kwargs(spec))
+    )
     check_sequence_length(spec, model, tokenizer)
     model = method.prepare(spec, model, PEFT_TASK_TYPES[spec.task.type])
     trainable, total = count_parameters(model)

@@ -10,18 +10,25 @@ data) and would retry a job that cannot succeed. This wrapper runs torchrun in-p
 
 from __future__ import annotations
 
+import signal
 import sys
 
-from finetune_api.contract import PERMANENT_EXIT_CODES
+from finetune_api.contract import EXIT_RETRYABLE, PERMANENT_EXIT_CODES, RETRYABLE_EXIT_CODES
 
 
 def exit_code_for(worker_codes: list[int]) -> int:
-    """The pod's exit code for the workers' codes: permanent first, then signals, then the first failure."""
+    """The pod's exit code for the workers' codes: permanent first, then retryable, then signals, then the first.
+
+    A retryable code beats a signal: when one worker exits 75, torchrun stops the others with SIGTERM.
+    """
     failed = [c for c in worker_codes if c != 0]
     if not failed:
         return 0
     for code in failed:
         if code in PERMANENT_EXIT_CODES:
+            return code
+    for code in failed:
+        if code in RETRYABLE_EXIT_CODES:
             return code
     for code in failed:
         if code < 0:  # killed by a signal, reported as -signum
@@ -30,6 +37,7 @@ def exit_code_for(worker_codes: list[int]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import parse_args, run
 
@@ -38,6 +46,14 @@ def main(argv: list[str] | None = None) -> int:
         run(args)
     except ChildFailedError as err:
         return exit_code_for([failure.exitcode for failure in err.failures.values()])
+    except SignalException as err:
+        # The pod is being stopped (preemption, eviction, a drained node): torchrun stopped the workers.
+        print(
+            f"retryable error: the trainer was stopped by {signal.Signals(err.sigval).name} "
+            "(preempted or evicted); the Job runs it again from the last checkpoint",
+            file=sys.stderr,
+        )
+        return EXIT_RETRYABLE
     return 0
 
 

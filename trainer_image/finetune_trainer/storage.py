@@ -48,7 +48,7 @@ from finetune_api.contract import (
     ENV_S3_REGION_ALT,
     ENV_S3_RETRY_SECONDS,
 )
-from finetune_trainer.errors import EXIT_CONFIG, EXIT_DATA, TrainerError
+from finetune_trainer.errors import EXIT_CONFIG, EXIT_DATA, EXIT_RETRYABLE, TrainerError, classify
 
 if TYPE_CHECKING:
     from finetune_api.spec import S3Location
@@ -77,22 +77,6 @@ CREDENTIAL_CODES = frozenset(
 MISSING_BUCKET_CODES = frozenset({"NoSuchBucket"})
 MISSING_KEY_CODES = frozenset({"NoSuchKey", "NotFound", "404"})
 DENIED_CODES = frozenset({"AccessDenied", "Forbidden", "403", "AllAccessDisabled"})
-RETRYABLE_CODES = frozenset(
-    {
-        "SlowDown",
-        "RequestTimeout",
-        "RequestTimeoutException",
-        "InternalError",
-        "ServiceUnavailable",
-        "Throttling",
-        "ThrottlingException",
-        "XMinioServerNotInitialized",
-        "XMinioStorageNotReady",
-        "XMinioReadQuorum",
-        "XMinioWriteQuorum",
-    }
-)
-
 T = TypeVar("T")
 ProgressFn = Callable[[int], None]
 
@@ -101,7 +85,7 @@ ProgressFn = Callable[[int], None]
 
 
 class StorageError(TrainerError):
-    """An S3 operation failed after every retry; exit code 1, so the Job runs the pod again."""
+    """An S3 operation failed in a way nobody classified (exit 1: the Job runs the pod again)."""
 
 
 class S3CredentialsError(StorageError):
@@ -123,7 +107,21 @@ class S3AccessDeniedError(StorageError):
 
 
 class S3EndpointError(StorageError):
-    """The endpoint did not answer (wrong URL, or the store is down): retryable, it may come back."""
+    """The endpoint did not answer for the whole retry budget (wrong URL, or the store is down): it may come back."""
+
+    exit_code = EXIT_RETRYABLE
+
+
+class S3UnavailableError(StorageError):
+    """The store kept answering 5xx or throttling for the whole retry budget: retryable, it may recover."""
+
+    exit_code = EXIT_RETRYABLE
+
+
+class S3LocationError(StorageError):
+    """An s3:// URI in the spec is malformed (no bucket, a prefix where a file is needed)."""
+
+    exit_code = EXIT_CONFIG
 
 
 class S3NotFoundError(StorageError):
@@ -146,10 +144,10 @@ class S3Uri:
     def parse(cls, uri: str, field: str = "uri") -> S3Uri:
         """Split an s3:// URI; ``field`` names the setting in the error."""
         if not uri.startswith("s3://"):
-            raise StorageError(f"{field}: {uri!r} is not an s3:// URI; write s3://bucket/key")
+            raise S3LocationError(f"{field}: {uri!r} is not an s3:// URI; write s3://bucket/key")
         bucket, _, key = uri[len("s3://") :].partition("/")
         if not bucket:
-            raise StorageError(f"{field}: {uri!r} names no bucket; write s3://bucket/key")
+            raise S3LocationError(f"{field}: {uri!r} names no bucket; write s3://bucket/key")
         return cls(bucket, key)
 
     def __str__(self) -> str:
@@ -300,35 +298,19 @@ def _root_cause(err: BaseException) -> BaseException:
 
 
 def is_retryable(err: BaseException) -> bool:
-    """Connection trouble, timeouts, throttling and 5xx answers: worth another try later."""
-    from botocore.exceptions import (
-        ChecksumError,
-        ConnectionClosedError,
-        ConnectionError,
-        HTTPClientError,
-        IncompleteReadError,
-        ReadTimeoutError,
-        ResponseStreamingError,
-    )
+    """Connection trouble, timeouts, throttling and 5xx answers (:func:`errors.classify`): worth another try.
+
+    During a transfer, also a cut-off or corrupted body and any socket error but this pod's own disk's.
+    """
+    from botocore.exceptions import ChecksumError
     from s3transfer.exceptions import RetriesExceededError
 
     if isinstance(err, ChecksumMismatch | RetriesExceededError):
         return True
     err = _root_cause(err)
-    if isinstance(
-        err,
-        ConnectionError
-        | ConnectionClosedError
-        | ReadTimeoutError
-        | HTTPClientError
-        | IncompleteReadError
-        | ResponseStreamingError
-        | ChecksumError
-        | OSError,
-    ) and not _is_local_file_problem(err):
+    if isinstance(err, ChecksumError | OSError) and not _is_local_file_problem(err):
         return True
-    code, status, _ = _error_code(err)
-    return code in RETRYABLE_CODES or (status is not None and status >= 500)
+    return classify(err).retryable
 
 
 def _is_local_file_problem(err: BaseException) -> bool:
@@ -468,6 +450,11 @@ class S3Storage:
             return S3EndpointError(
                 f"cannot reach the S3 endpoint {endpoint} to {action} {uri} (retried for {self.retry_seconds:.0f} s): "
                 f"{err}; check {self.settings.endpoint_source} and that the store is up"
+            )
+        if is_retryable(err):
+            answer = f"{code} (HTTP {status}) {message}".strip() if code else f"{type(err).__name__}: {err}"
+            return S3UnavailableError(
+                f"S3 at {endpoint} kept failing to {action} {uri} (retried for {self.retry_seconds:.0f} s): {answer}"
             )
         if code:
             return StorageError(f"S3 refused to {action} {uri} at {endpoint}: {code} (HTTP {status}) {message}")
@@ -778,7 +765,7 @@ def fetch_file(uri: str, *, field: str, location: S3Location | None = None) -> P
     """
     parsed = S3Uri.parse(uri, field)
     if not parsed.key or parsed.key.endswith("/"):
-        raise StorageError(f"{field}: {uri} names a prefix, not a file; give the URI of one data file")
+        raise S3LocationError(f"{field}: {uri} names a prefix, not a file; give the URI of one data file")
     storage = S3Storage.for_location(location, input_context(field))
     slot = _cache_slot(parsed, storage.settings.endpoint)
     with _naming_field(field), _cache_lock(slot.with_suffix(".lock")):
