@@ -26,6 +26,14 @@ UNSUPPORTED: dict[tuple[str, str], str] = {
     ("token-classification", "prompt-tuning"): (
         "virtual tokens prepended to the input shift the word-to-token alignment the labels rely on; use lora or qlora"
     ),
+    ("question-answering", "p-tuning"): (
+        "p-tuning's virtual tokens are prepended to the input like prompt tuning's, which breaks the offset mapping "
+        "that extractive answers are read from; use lora or prefix-tuning (its prefix is not part of the input)"
+    ),
+    ("token-classification", "p-tuning"): (
+        "p-tuning's virtual tokens are prepended to the input like prompt tuning's, which shifts the word-to-token "
+        "alignment the labels rely on; use lora or prefix-tuning (its prefix is not part of the input)"
+    ),
 }
 
 

@@ -20,6 +20,7 @@ from finetune_api.spec import (
     DeepSpeedOptions,
     DistributedSpec,
     FineTuneJobSpec,
+    LoraOptions,
     MethodSpec,
     ModelSource,
     TaskSpec,
@@ -77,6 +78,10 @@ def _roles_message() -> str:
 
 def _pair_allowed(task: str, method: str) -> Callable[[FineTuneJobSpec], bool]:
     return lambda s: not (s.task.type == task and s.method.type == method)
+
+
+def _options_only_for(attr: str, method: str) -> Callable[[MethodSpec], bool]:
+    return lambda m: getattr(m, attr) is None or m.type == method
 
 
 CLASSIFICATION = ["sequence-classification", "token-classification"]
@@ -166,6 +171,52 @@ RULES: list[Rule] = [
         "!has(self.promptTuning) || self.type == 'prompt-tuning'",
         "method.promptTuning applies to method.type prompt-tuning only; remove it or use prompt-tuning",
         lambda m: m.prompt_tuning is None or m.type == "prompt-tuning",
+    ),
+    *[
+        Rule(
+            MethodSpec,
+            field,
+            f"!has(self.{field}) || self.type == '{method}'",
+            f"method.{field} applies to method.type {method} only; remove it or use {method}",
+            _options_only_for(attr, method),
+        )
+        for field, attr, method in (
+            ("ia3", "ia3", "ia3"),
+            ("pTuning", "p_tuning", "p-tuning"),
+            ("prefixTuning", "prefix_tuning", "prefix-tuning"),
+            ("freeze", "freeze", "freeze"),
+        )
+    ],
+    Rule(
+        LoraOptions,
+        "targetModules",
+        "!has(self.targetModules) || !self.targetModules.exists(m, m == 'all-linear') || size(self.targetModules) == 1",
+        "targetModules all-linear already names every linear layer: give [all-linear] alone or list module names",
+        lambda o: not o.target_modules or "all-linear" not in o.target_modules or len(o.target_modules) == 1,
+    ),
+    Rule(
+        LoraOptions,
+        "useDora",
+        "!self.useDora || !(self.initLoraWeights in ['pissa', 'olora'])",
+        "useDora cannot be combined with initLoraWeights pissa or olora: their adapter is converted at the end "
+        "into a plain LoRA adapter for the original base, which has no place for DoRA's magnitudes",
+        lambda o: not o.use_dora or o.init_lora_weights not in ("pissa", "olora"),
+    ),
+    Rule(
+        MethodSpec,
+        "lora.initLoraWeights",
+        "!has(self.lora) || self.lora.initLoraWeights != 'loftq' || self.type == 'qlora'",
+        "initLoraWeights loftq initialises the adapter to offset the error of 4-bit quantisation: use it with "
+        "method qlora (with lora there is no quantisation error; use default, pissa or olora)",
+        lambda m: m.lora is None or m.lora.init_lora_weights != "loftq" or m.type == "qlora",
+    ),
+    Rule(
+        MethodSpec,
+        "lora.initLoraWeights",
+        "!has(self.lora) || self.lora.initLoraWeights != 'pissa' || self.type != 'qlora'",
+        "initLoraWeights pissa takes the singular value decomposition of full-precision weights, which peft "
+        "cannot do on a 4-bit base: with qlora use olora or loftq, or use pissa with method lora",
+        lambda m: m.lora is None or m.lora.init_lora_weights != "pissa" or m.type != "qlora",
     ),
     Rule(
         TrainingSpec,

@@ -24,7 +24,18 @@ TaskType = Literal[
     "causal-lm",
     "preference",
 ]
-MethodType = Literal["full", "feature-extraction", "lora", "qlora", "prompt-tuning"]
+MethodType = Literal[
+    "full",
+    "feature-extraction",
+    "freeze",
+    "lora",
+    "qlora",
+    "ia3",
+    "prompt-tuning",
+    "p-tuning",
+    "prefix-tuning",
+]
+LoraInit = Literal["default", "gaussian", "pissa", "olora", "loftq"]
 TextFormat = Literal["text", "alpaca", "chatml", "messages"]
 Precision = Literal["auto", "bf16", "fp16", "fp32"]
 Strategy = Literal["no", "steps", "epoch"]
@@ -159,9 +170,58 @@ class LoraOptions(ApiModel):
     target_modules: list[Name] | None = Field(
         default=None,
         max_length=64,
-        description="Module names to adapt. Empty: the attention projections of the model's architecture.",
+        description=(
+            "Module names to adapt, or [all-linear] for every linear layer but the output layer. "
+            "Empty: the attention projections of the model's architecture."
+        ),
     )
     bias: Literal["none", "all", "lora_only"] = Field(default="none", description="Which biases to train.")
+    use_dora: bool = Field(
+        default=False,
+        description="DoRA: split each adapted weight into magnitude and direction and train both (peft use_dora).",
+    )
+    use_rslora: bool = Field(
+        default=False, description="rsLoRA: scale updates by alpha / sqrt(r) instead of alpha / r (peft use_rslora)."
+    )
+    init_lora_weights: LoraInit = Field(
+        default="default",
+        description=(
+            "Adapter initialisation: default (B = 0), gaussian, pissa (principal singular vectors; lora only), "
+            "olora (QR decomposition) or loftq (qlora only: compensates the 4-bit quantisation error). "
+            "pissa and olora move part of the base weights into the adapter; the saved adapter is converted back "
+            "to apply to the original base."
+        ),
+    )
+    modules_to_save: list[Name] = Field(
+        default_factory=list,
+        max_length=16,
+        description="Extra modules trained in full and saved with the adapter, e.g. embed_tokens (the task head "
+        "always is).",
+    )
+
+
+class Ia3Options(ApiModel):
+    """IA3 settings (peft IA3Config): learned vectors rescale keys, values and feed-forward activations."""
+
+    target_modules: list[Name] | None = Field(
+        default=None,
+        max_length=64,
+        description="Modules whose activations are rescaled. Empty: peft's defaults for the architecture.",
+    )
+    feedforward_modules: list[Name] | None = Field(
+        default=None,
+        max_length=64,
+        description="The targetModules that are feed-forward layers (their input is rescaled, not their output). "
+        "Empty: peft's defaults for the architecture.",
+    )
+
+
+class FreezeOptions(ApiModel):
+    """Partial fine-tuning: the last layers and the task head train, the rest stays frozen."""
+
+    trainable_layers: int = Field(
+        default=2, ge=1, le=1024, description="How many of the last transformer layers train (of each stack)."
+    )
 
 
 class QuantizationOptions(ApiModel):
@@ -186,13 +246,45 @@ class PromptTuningOptions(ApiModel):
     )
 
 
+class PTuningOptions(ApiModel):
+    """P-tuning settings (peft PromptEncoderConfig): virtual tokens produced by a small trained encoder."""
+
+    num_virtual_tokens: int = Field(default=20, ge=1, le=512, description="Number of virtual tokens.")
+    encoder_type: Literal["mlp", "lstm"] = Field(default="mlp", description="Network that produces the tokens.")
+    encoder_hidden_size: int | None = Field(
+        default=None, ge=1, le=65536, description="Hidden size of that network (default: the model's hidden size)."
+    )
+
+
+class PrefixTuningOptions(ApiModel):
+    """Prefix tuning settings (peft PrefixTuningConfig): trained keys and values prepended in every layer."""
+
+    num_virtual_tokens: int = Field(default=20, ge=1, le=512, description="Prefix length, in positions.")
+    projection: bool = Field(
+        default=False, description="Produce the prefix through a two-layer MLP (more parameters, steadier training)."
+    )
+    encoder_hidden_size: int | None = Field(
+        default=None, ge=1, le=65536, description="projection only: the MLP's hidden size (default: the model's)."
+    )
+
+
 class MethodSpec(ApiModel):
     """Which parameters train: all, the head, an adapter, or a soft prompt."""
 
-    type: MethodType = Field(default="lora", description="full | feature-extraction | lora | qlora | prompt-tuning.")
+    type: MethodType = Field(
+        default="lora",
+        description=(
+            "full | feature-extraction | freeze | lora | qlora | ia3 | prompt-tuning | p-tuning | prefix-tuning; "
+            "the support matrix lists the pairs with each task."
+        ),
+    )
     lora: LoraOptions | None = Field(default=None, description="lora and qlora only: adapter settings.")
     quantization: QuantizationOptions | None = Field(default=None, description="qlora only: 4-bit settings.")
     prompt_tuning: PromptTuningOptions | None = Field(default=None, description="prompt-tuning only.")
+    ia3: Ia3Options | None = Field(default=None, description="ia3 only.")
+    p_tuning: PTuningOptions | None = Field(default=None, description="p-tuning only.")
+    prefix_tuning: PrefixTuningOptions | None = Field(default=None, description="prefix-tuning only.")
+    freeze: FreezeOptions | None = Field(default=None, description="freeze only.")
 
 
 class DpoOptions(ApiModel):

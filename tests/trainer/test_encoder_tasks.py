@@ -20,8 +20,17 @@ from tests.trainer import tiny
 
 # Learning rates that move the tiny random model within a few dozen steps: a frozen body needs a
 # much larger step on the few parameters that train.
-LEARNING_RATES = {"full": 5e-3, "feature-extraction": 1e-1, "lora": 3e-2, "prompt-tuning": 3e-2}
-PEFT_METHODS = ("lora", "prompt-tuning")
+LEARNING_RATES = {
+    "full": 5e-3,
+    "feature-extraction": 1e-1,
+    "freeze": 1e-2,
+    "lora": 3e-2,
+    "ia3": 1e-1,
+    "prompt-tuning": 3e-2,
+    "p-tuning": 3e-2,
+    "prefix-tuning": 3e-2,
+}
+PEFT_METHODS = ("lora", "ia3", "prompt-tuning", "p-tuning", "prefix-tuning")
 
 
 @dataclass(frozen=True)
@@ -32,10 +41,12 @@ class Case:
     method: str
     multi_label: bool = False
     training: dict[str, Any] = field(default_factory=dict)
+    lora: dict[str, Any] = field(default_factory=dict)  # extra method.lora options
 
     @property
     def id(self) -> str:
-        return f"{self.task}{'-multi-label' if self.multi_label else ''}-{self.method}"
+        options = "".join(f"-{k}={v}" for k, v in self.lora.items())
+        return f"{self.task}{'-multi-label' if self.multi_label else ''}-{self.method}{options}"
 
 
 CASES = [
@@ -46,13 +57,29 @@ CASES = [
     # more steps: both get a longer schedule.
     Case("sequence-classification", "prompt-tuning", training={"epochs": 5}),
     Case("sequence-classification", "lora", multi_label=True, training={"epochs": 5}),
+    Case("sequence-classification", "freeze"),
+    Case("sequence-classification", "ia3"),
+    Case("sequence-classification", "p-tuning", training={"epochs": 5}),
+    Case("sequence-classification", "prefix-tuning"),
+    # LoRA options: each changes what trains or how it starts; all must still learn and reload.
+    Case("sequence-classification", "lora", lora={"useDora": True}),
+    Case("sequence-classification", "lora", lora={"initLoraWeights": "pissa", "useRslora": True}),
+    Case("sequence-classification", "lora", lora={"initLoraWeights": "olora"}),
+    Case("sequence-classification", "lora", lora={"targetModules": ["all-linear"], "initLoraWeights": "gaussian"}),
     Case("token-classification", "full"),
     Case("token-classification", "feature-extraction"),
     Case("token-classification", "lora"),
+    Case("token-classification", "freeze"),
+    Case("token-classification", "ia3"),
+    Case("token-classification", "prefix-tuning"),
+    Case("token-classification", "lora", lora={"targetModules": ["all-linear"]}),
     # Short windows so every context spans two of them (docStride overlap).
     Case("question-answering", "full", training={"maxSeqLength": 32}),
     Case("question-answering", "feature-extraction", training={"maxSeqLength": 32}),
     Case("question-answering", "lora", training={"maxSeqLength": 32}),
+    Case("question-answering", "freeze", training={"maxSeqLength": 32}),
+    Case("question-answering", "ia3", training={"maxSeqLength": 32}),
+    Case("question-answering", "prefix-tuning", training={"maxSeqLength": 32}),
 ]
 
 
@@ -78,8 +105,14 @@ def spec_for(case: Case, model_dir: Path, data: dict[str, Path]) -> dict[str, An
     method: dict[str, Any] = {"type": case.method}
     if case.method == "prompt-tuning":
         method["promptTuning"] = {"numVirtualTokens": 4, "initText": "classify the review"}
+    if case.method == "p-tuning":
+        method["pTuning"] = {"numVirtualTokens": 4, "encoderHiddenSize": 32}
+    if case.method == "prefix-tuning":
+        method["prefixTuning"] = {"numVirtualTokens": 4}
+    if case.method == "freeze":
+        method["freeze"] = {"trainableLayers": 1}
     if case.method == "lora":
-        method["lora"] = {"r": 8, "alpha": 16, "dropout": 0.0}
+        method["lora"] = {"r": 8, "alpha": 16, "dropout": 0.0, **case.lora}
     training = {"learningRate": LEARNING_RATES[case.method], **case.training}
     return tiny.spec_dict(model_dir, task, files, method, **training)
 
@@ -184,5 +217,8 @@ def test_only_the_method_s_parameters_train(trained: Trained) -> None:
     trainable, total = metrics["trainable_parameters"], metrics["total_parameters"]
     if trained.case.method == "full":
         assert trainable == total
+    elif trained.case.method == "freeze":
+        # One of the two layers and the head: fewer than the full model, more than the head alone.
+        assert 2 * 32 * 32 < trainable < total
     else:
         assert trainable < 0.05 * total

@@ -64,3 +64,54 @@ def test_prompt_tuning_counts_like_peft() -> None:
 def test_methods_without_adapters_count_the_plain_model(method: str, trainable: int) -> None:
     model = get_method(method).prepare(spec_with({"type": method}), bert_base_classifier(), "SEQ_CLS")
     assert count_parameters(model) == (trainable, BERT_BASE_WITH_2_LABEL_HEAD)
+
+
+# Counts worked out by hand for bert-base (hidden 768, 12 layers, intermediate 3072) with the 2-label head (1,538).
+HEAD = 1_538
+LORA_QV_R8 = 24 * 8 * (768 + 768)  # 24 query/value projections, A (8x768) + B (768x8) each
+PER_LAYER = 4 * (768 * 768 + 768) + 2 * 768 + (768 * 3072 + 3072) + (3072 * 768 + 768) + 2 * 768
+
+
+@pytest.mark.parametrize(
+    ("method", "trainable"),
+    [
+        # DoRA adds one magnitude per output feature of each adapted projection.
+        (
+            {"type": "lora", "lora": {"r": 8, "targetModules": ["query", "value"], "useDora": True}},
+            LORA_QV_R8 + 24 * 768 + HEAD,
+        ),
+        # rsLoRA changes the scaling, not the shapes.
+        ({"type": "lora", "lora": {"r": 8, "targetModules": ["query", "value"], "useRslora": True}}, LORA_QV_R8 + HEAD),
+        # all-linear: q, k, v, attention output (768x768), intermediate (768->3072), output (3072->768) per layer, the
+        # pooler; never the classifier.
+        (
+            {"type": "lora", "lora": {"r": 8, "targetModules": ["all-linear"]}},
+            12 * 8 * (4 * 1536 + 2 * (768 + 3072)) + 8 * 1536 + HEAD,
+        ),
+        # modulesToSave: the pooler trains in full beside the adapter.
+        (
+            {"type": "lora", "lora": {"r": 8, "targetModules": ["query", "value"], "modulesToSave": ["pooler"]}},
+            LORA_QV_R8 + 768 * 768 + 768 + HEAD,
+        ),
+        # IA3 with peft's BERT defaults: key and value (768 outputs each) and the two output.dense layers, which are
+        # feed-forward, so rescaled on their input (768 and 3072).
+        ({"type": "ia3"}, 12 * (768 + 768 + 768 + 3072) + HEAD),
+        # Prefix tuning: one key and one value vector per layer per virtual token.
+        ({"type": "prefix-tuning", "prefixTuning": {"numVirtualTokens": 20}}, 20 * 12 * 2 * 768 + HEAD),
+        # P-tuning: 20 token embeddings and an MLP encoder of 768 -> 768 -> 768 -> 768.
+        ({"type": "p-tuning", "pTuning": {"numVirtualTokens": 20}}, 20 * 768 + 3 * (768 * 768 + 768) + HEAD),
+    ],
+    ids=["dora", "rslora", "all-linear", "modules-to-save", "ia3", "prefix-tuning", "p-tuning"],
+)
+def test_adapter_methods_count_like_peft(method: dict[str, Any], trainable: int) -> None:
+    model = get_method(method["type"]).prepare(spec_with(method), bert_base_classifier(), "SEQ_CLS")
+    assert count_parameters(model) == model.get_nb_trainable_parameters()
+    assert count_parameters(model)[0] == trainable
+
+
+def test_freeze_trains_the_last_layers_and_the_head() -> None:
+    spec = spec_with({"type": "freeze", "freeze": {"trainableLayers": 2}})
+    model = get_method("freeze").prepare(spec, bert_base_classifier(), "SEQ_CLS")
+    assert count_parameters(model) == (2 * PER_LAYER + HEAD, BERT_BASE_WITH_2_LABEL_HEAD)
+    trainable_layers = {n.split(".")[3] for n, p in model.named_parameters() if p.requires_grad and ".layer." in n}
+    assert trainable_layers == {"10", "11"}

@@ -29,14 +29,24 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import yaml
 
 from finetune_api.contract import METRICS_FILE, RESOLVED_SPEC_FILE
-from finetune_api.spec import FineTuneJobSpec, LoraOptions, PromptTuningOptions, QuantizationOptions, wire
+from finetune_api.spec import (
+    FineTuneJobSpec,
+    FreezeOptions,
+    Ia3Options,
+    LoraOptions,
+    PrefixTuningOptions,
+    PromptTuningOptions,
+    PTuningOptions,
+    QuantizationOptions,
+    wire,
+)
 from finetune_api.status import FineTuneJobStatus, Parameters
 from finetune_api.validation import load_spec_file
 from finetune_trainer.arguments import DeviceCapability, WorldInfo, resolve_precision, training_kwargs
 from finetune_trainer.data import load_datasets, load_retry_seconds
 from finetune_trainer.errors import ConfigError, RetryableError, retry_transient
 from finetune_trainer.methods import get_method
-from finetune_trainer.methods.base import count_parameters
+from finetune_trainer.methods.base import HasRunHooks, count_parameters
 from finetune_trainer.tasks import get_task
 from finetune_trainer.tasks.base import (
     PEFT_TASK_TYPES,
@@ -244,6 +254,8 @@ def _train(
     )
     check_sequence_length(spec, model, tokenizer)
     model = method.prepare(spec, model, PEFT_TASK_TYPES[spec.task.type])
+    if isinstance(method, HasRunHooks):
+        method.start(spec, model, out, world.is_main)
     trainable, total = count_parameters(model)
     log.info("parameters: %s trainable of %s (%.3f%%)", f"{trainable:,}", f"{total:,}", 100 * trainable / total)
 
@@ -278,6 +290,8 @@ def _train(
 
     # Every rank calls save_model (DeepSpeed/FSDP gather weights collectively); only rank 0 writes.
     trainer.save_model(str(out))
+    if isinstance(method, HasRunHooks):
+        method.finish(spec, trainer.model, out, trainer.is_world_process_zero())
     trainer.save_state()
     metrics: dict[str, Any] = {
         **eval_metrics,
@@ -314,8 +328,16 @@ def resolved_spec(spec: FineTuneJobSpec, metric: str, model: Any) -> FineTuneJob
         method = method.model_copy(update={"lora": lora})
     if method.type == "qlora" and method.quantization is None:
         method = method.model_copy(update={"quantization": QuantizationOptions()})
-    if method.type == "prompt-tuning" and method.prompt_tuning is None:
-        method = method.model_copy(update={"prompt_tuning": PromptTuningOptions()})
+    # Every other method's options block, with its defaults, when the spec left it out.
+    for attr, options in (
+        ("prompt_tuning", PromptTuningOptions),
+        ("ia3", Ia3Options),
+        ("p_tuning", PTuningOptions),
+        ("prefix_tuning", PrefixTuningOptions),
+        ("freeze", FreezeOptions),
+    ):
+        if method.type == attr.replace("_", "-") and getattr(method, attr) is None:
+            method = method.model_copy(update={attr: options()})
     return spec.model_copy(update={"training": training, "method": method})
 
 

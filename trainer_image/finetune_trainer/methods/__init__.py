@@ -11,17 +11,25 @@ from finetune_api.matrix import METHODS as API_METHODS
 from finetune_trainer.errors import ConfigError
 from finetune_trainer.methods.base import MethodUnit
 from finetune_trainer.methods.feature_extraction import FeatureExtractionMethod
+from finetune_trainer.methods.freeze import FreezeMethod
 from finetune_trainer.methods.full import FullMethod
+from finetune_trainer.methods.ia3 import Ia3Method
 from finetune_trainer.methods.lora import LoraMethod
+from finetune_trainer.methods.p_tuning import PTuningMethod
+from finetune_trainer.methods.prefix_tuning import PrefixTuningMethod
 from finetune_trainer.methods.prompt_tuning import PromptTuningMethod
 from finetune_trainer.methods.qlora import QloraMethod
 
 METHODS: dict[str, MethodUnit] = {
     "full": FullMethod(),
     "feature-extraction": FeatureExtractionMethod(),
+    "freeze": FreezeMethod(),
     "lora": LoraMethod(),
     "qlora": QloraMethod(),
+    "ia3": Ia3Method(),
     "prompt-tuning": PromptTuningMethod(),
+    "p-tuning": PTuningMethod(),
+    "prefix-tuning": PrefixTuningMethod(),
 }
 
 

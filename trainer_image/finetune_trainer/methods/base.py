@@ -3,9 +3,11 @@ maps method names to units."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from peft import PeftConfig
     from torch import nn
     from transformers import PreTrainedModel
@@ -31,6 +33,19 @@ class MethodUnit(Protocol):
 
     def prepare(self, spec: FineTuneJobSpec, model: PreTrainedModel, task_type: str) -> Any:
         """The model ready to train: frozen parts frozen, adapters attached."""
+        ...
+
+
+@runtime_checkable
+class HasRunHooks(Protocol):
+    """Optional: a method that acts around training (e.g. converts its saved adapter at the end)."""
+
+    def start(self, spec: FineTuneJobSpec, model: Any, output_dir: Path, is_main: bool) -> None:
+        """Called once the model is prepared, before training."""
+        ...
+
+    def finish(self, spec: FineTuneJobSpec, model: Any, output_dir: Path, is_main: bool) -> None:
+        """Called after the final model is saved in output_dir, before it is uploaded."""
         ...
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from finetune_trainer.errors import ConfigError
@@ -46,6 +47,30 @@ def linear_module_names(model: nn.Module) -> list[str]:
     return names
 
 
+# initLoraWeights -> peft's init_lora_weights; loftq starts from peft's default and is replaced after attaching.
+PEFT_LORA_INIT: dict[str, Any] = {
+    "default": True,
+    "gaussian": "gaussian",
+    "pissa": "pissa",
+    "olora": "olora",
+    "loftq": True,
+}
+# Initialisations that move part of each base weight into the adapter (the base in memory is changed).
+MUTATING_INITS = ("pissa", "olora")
+INITIAL_ADAPTER_DIR = "initial_adapter"  # also the adapter name peft loads it under: no dots
+
+
+def head_linear_names(model: nn.Module, heads: list[str]) -> list[str]:
+    """Full names of the linear layers inside the task head (never LoRA targets: the head trains in full)."""
+    from torch import nn
+
+    return [
+        name
+        for name, module in model.named_modules()
+        if name.split(".", 1)[0] in heads and isinstance(module, nn.Linear)
+    ]
+
+
 def lora_config(spec: FineTuneJobSpec, model: PreTrainedModel, task_type: str) -> LoraConfig:
     """The peft LoraConfig for the spec; shared with qlora, which only changes how the base loads."""
     from peft import LoraConfig
@@ -53,19 +78,77 @@ def lora_config(spec: FineTuneJobSpec, model: PreTrainedModel, task_type: str) -
     from finetune_api.spec import LoraOptions
 
     opts = spec.method.lora or LoraOptions()
-    targets = list(opts.target_modules) if opts.target_modules else default_target_modules(model)
-    # The head of a classification/QA model is new and random: it must train and be saved with the
-    # adapter (modules_to_save), or the adapter would be useless without the exact same random head.
+    # The head of a classification/QA model is new and random: it must train and be saved with the adapter
+    # (modules_to_save), or the adapter would be useless without the exact same random head.
     heads = head_module_names(model) if task_type in HEAD_TASK_TYPES else []
+    to_save = list(dict.fromkeys([*heads, *opts.modules_to_save]))
+    targets: list[str] | str
+    exclude: list[str] | None = None
+    if opts.target_modules == ["all-linear"]:
+        # peft leaves out the output embeddings and a sequence-classification head; the heads of other tasks
+        # (token classification, QA) train in full, so their linear layers are left out here.
+        targets = "all-linear"
+        exclude = head_linear_names(model, to_save) or None
+    else:
+        targets = list(opts.target_modules) if opts.target_modules else default_target_modules(model)
     return LoraConfig(
         r=opts.r,
         lora_alpha=opts.alpha,
         lora_dropout=opts.dropout,
         bias=opts.bias,
         target_modules=targets,
-        modules_to_save=heads or None,
+        exclude_modules=exclude,
+        modules_to_save=to_save or None,
+        use_dora=opts.use_dora,
+        use_rslora=opts.use_rslora,
+        init_lora_weights=PEFT_LORA_INIT[opts.init_lora_weights],
         task_type=task_type,
     )
+
+
+def keep_initial_adapter(spec: FineTuneJobSpec, peft_model: Any, output_dir: Path) -> None:
+    """Save a PiSSA/OLoRA adapter as initialised, so the final one can be converted for the original base.
+
+    Both move the adapter's starting value out of the base weights. peft's conversion
+    (``save_pretrained(path_initial_model_for_weight_conversion=...)``) turns the trained adapter into a
+    plain LoRA adapter of rank 2r that applies to the unchanged base; it needs this initial state.
+    """
+    from finetune_api.spec import LoraOptions
+
+    opts = spec.method.lora or LoraOptions()
+    if opts.init_lora_weights not in MUTATING_INITS:
+        return
+    config = peft_model.peft_config["default"]
+    # Saved as a standard adapter, so loading it for the conversion does not decompose the base again.
+    config.init_lora_weights = True
+    try:
+        peft_model.save_pretrained(str(output_dir / INITIAL_ADAPTER_DIR))
+    finally:
+        config.init_lora_weights = PEFT_LORA_INIT[opts.init_lora_weights]
+
+
+def convert_saved_adapter(spec: FineTuneJobSpec, peft_model: Any, output_dir: Path) -> None:
+    """Rewrite the saved PiSSA/OLoRA adapter in output_dir as a LoRA adapter for the original base."""
+    import shutil
+
+    from finetune_api.spec import LoraOptions
+
+    opts = spec.method.lora or LoraOptions()
+    initial = output_dir / INITIAL_ADAPTER_DIR
+    if opts.init_lora_weights not in MUTATING_INITS or not initial.is_dir():
+        return
+    from safetensors.torch import load_file, save_file
+
+    weights = output_dir / "adapter_model.safetensors"
+    before = load_file(str(weights))
+    peft_model.save_pretrained(str(output_dir), path_initial_model_for_weight_conversion=str(initial))
+    shutil.rmtree(initial)
+    # peft 0.21's conversion writes the LoRA pairs only and drops the modules_to_save weights (the task head):
+    # put them back, or the adapter would reload with a random head. The reload tests pin this.
+    after = load_file(str(weights))
+    dropped = {k: v for k, v in before.items() if k not in after and "lora_" not in k}
+    if dropped:
+        save_file({**after, **dropped}, str(weights), metadata={"format": "pt"})
 
 
 def attach_adapter(model: PreTrainedModel, config: Any, field: str) -> Any:
@@ -107,3 +190,13 @@ class LoraMethod:
     def prepare(self, spec: FineTuneJobSpec, model: PreTrainedModel, task_type: str) -> Any:
         """The PeftModel: base frozen, adapters and head trainable."""
         return attach_adapter(model, self.peft_config(spec, model, task_type), "method.lora.targetModules")
+
+    def start(self, spec: FineTuneJobSpec, model: Any, output_dir: Path, is_main: bool) -> None:
+        """Before training: keep a PiSSA/OLoRA adapter's initial state (main process) for the final conversion."""
+        if is_main:
+            keep_initial_adapter(spec, model, output_dir)
+
+    def finish(self, spec: FineTuneJobSpec, model: Any, output_dir: Path, is_main: bool) -> None:
+        """After the final save: convert a PiSSA/OLoRA adapter to apply to the original base."""
+        if is_main:
+            convert_saved_adapter(spec, model, output_dir)

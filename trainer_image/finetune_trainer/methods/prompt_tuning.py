@@ -15,6 +15,18 @@ if TYPE_CHECKING:
     from finetune_api.spec import FineTuneJobSpec
 
 
+def check_virtual_positions(spec: FineTuneJobSpec, model: PreTrainedModel, virtual: int, field: str) -> None:
+    """Virtual tokens prepended to the input take positions: with maxSeqLength they must fit the model's."""
+    limit = getattr(model.config, "max_position_embeddings", None)
+    total = spec.training.max_seq_length + virtual
+    if limit is not None and total > limit:
+        raise ConfigError(
+            f"{field}: {virtual} virtual tokens plus training.maxSeqLength {spec.training.max_seq_length} is "
+            f"{total} positions, more than the model's {limit}; lower maxSeqLength to {limit - virtual} or use "
+            "fewer virtual tokens"
+        )
+
+
 class PromptTuningMethod:
     """Soft prompt of method.promptTuning.numVirtualTokens; the saved artifact is the prompt plus the head."""
 
@@ -54,14 +66,7 @@ class PromptTuningMethod:
         from finetune_api.spec import PromptTuningOptions
 
         opts = spec.method.prompt_tuning or PromptTuningOptions()
-        limit = getattr(model.config, "max_position_embeddings", None)
-        total = spec.training.max_seq_length + opts.num_virtual_tokens
-        if limit is not None and total > limit:
-            raise ConfigError(
-                f"method.promptTuning.numVirtualTokens: {opts.num_virtual_tokens} virtual tokens plus "
-                f"training.maxSeqLength {spec.training.max_seq_length} is {total} positions, more than the "
-                f"model's {limit}; lower maxSeqLength to {limit - opts.num_virtual_tokens} or fewer virtual tokens"
-            )
+        check_virtual_positions(spec, model, opts.num_virtual_tokens, "method.promptTuning.numVirtualTokens")
         peft_model = get_peft_model(model, self.peft_config(spec, model, task_type))
         dedupe_modules_to_save(peft_model)
         return peft_model

@@ -11,10 +11,11 @@ dequantises its weight first). One CPU quirk is switched off here, see :func:`ke
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from finetune_trainer.errors import ConfigError
-from finetune_trainer.methods.lora import attach_adapter, lora_config
+from finetune_trainer.methods.lora import attach_adapter, convert_saved_adapter, keep_initial_adapter, lora_config
 
 if TYPE_CHECKING:
     from peft import LoraConfig
@@ -120,4 +121,36 @@ class QloraMethod:
                 use_gradient_checkpointing=spec.training.gradient_checkpointing,
                 gradient_checkpointing_kwargs={"use_reentrant": False},
             )
-        return attach_adapter(model, self.peft_config(spec, model, task_type), "method.lora.targetModules")
+        peft_model = attach_adapter(model, self.peft_config(spec, model, task_type), "method.lora.targetModules")
+        if spec.method.lora is not None and spec.method.lora.init_lora_weights == "loftq":
+            loftq_init(peft_model)
+        return peft_model
+
+    def start(self, spec: FineTuneJobSpec, model: Any, output_dir: Path, is_main: bool) -> None:
+        """Before training: keep an OLoRA adapter's initial state for the final conversion (as lora does)."""
+        if is_main:
+            keep_initial_adapter(spec, model, output_dir)
+
+    def finish(self, spec: FineTuneJobSpec, model: Any, output_dir: Path, is_main: bool) -> None:
+        """After the final save: convert an OLoRA adapter to apply to the original 4-bit base."""
+        if is_main:
+            convert_saved_adapter(spec, model, output_dir)
+
+
+def loftq_init(peft_model: Any) -> None:
+    """Initialise every LoRA pair so that base + adapter approximates the unquantised weights (LoftQ).
+
+    peft reads the full-precision weights from the model's safetensors file: the model directory it was
+    loaded from, or the local hub cache for a hub id.
+    """
+    from peft import replace_lora_weights_loftq
+
+    source = getattr(peft_model.get_base_model(), "name_or_path", None)
+    local = source if source and Path(source).is_dir() else None
+    try:
+        replace_lora_weights_loftq(peft_model, model_path=local)
+    except (ValueError, FileNotFoundError) as err:
+        raise ConfigError(
+            f"method.lora.initLoraWeights loftq needs the base model's weights as safetensors: {err}; "
+            "use initLoraWeights default or olora"
+        ) from None
