@@ -234,7 +234,10 @@ def test_the_trainer_errors_keep_their_kind() -> None:
 
 def test_a_lost_peer_process_is_retryable() -> None:
     torch_distributed = pytest.importorskip("torch.distributed")
+    from torch.distributed.elastic.rendezvous.api import RendezvousTimeoutError
+
     assert classify(torch_distributed.DistNetworkError("Connection reset by peer")).kind == "retryable"
+    assert classify(RendezvousTimeoutError("the other nodes did not join in time")).kind == "retryable"
 
 
 def test_anything_else_is_unexpected_and_exits_1() -> None:

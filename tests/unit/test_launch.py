@@ -32,3 +32,32 @@ def test_a_worker_exiting_3_makes_the_launcher_exit_3(tmp_path: Path) -> None:
     argv = [sys.executable, "-m", "finetune_trainer.launch", "--nproc-per-node=2", "--master-port=0", str(script)]
     out = subprocess.run(argv, capture_output=True, text=True, timeout=120)
     assert out.returncode == 3, out.stderr[-2000:]
+
+
+@pytest.mark.slow
+def test_a_pod_stopped_with_sigterm_exits_retryable_with_the_reason(tmp_path: Path) -> None:
+    import signal
+    import time
+
+    from finetune_api.contract import EXIT_RETRYABLE
+
+    script = tmp_path / "worker.py"
+    ready = tmp_path / "ready"
+    script.write_text(
+        textwrap.dedent(f"""
+        import pathlib, time
+        pathlib.Path({str(ready)!r}).touch()
+        time.sleep(120)
+    """)
+    )
+    argv = [sys.executable, "-m", "finetune_trainer.launch", "--nproc-per-node=1", "--master-port=0", str(script)]
+    launcher = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not ready.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert ready.exists(), "the worker did not start"
+
+    launcher.send_signal(signal.SIGTERM)  # what the kubelet does to a preempted or evicted pod
+    _, stderr = launcher.communicate(timeout=60)
+    assert launcher.returncode == EXIT_RETRYABLE, stderr[-2000:]
+    assert "retryable error: the trainer was stopped by SIGTERM (preempted or evicted)" in stderr

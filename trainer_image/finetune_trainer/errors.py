@@ -104,6 +104,17 @@ RETRYABLE_S3_CODES = frozenset(
     }
 )
 
+# torch.distributed errors of a peer that went away or never came (a node lost, a pod not yet scheduled).
+PEER_ERRORS = frozenset(
+    {
+        "DistNetworkError",
+        "DistStoreError",
+        "RendezvousTimeoutError",
+        "RendezvousClosedError",
+        "RendezvousConnectionError",
+    }
+)
+
 
 @dataclass(frozen=True)
 class Failure:
@@ -184,7 +195,7 @@ def _library_verdict(err: BaseException) -> Failure | None:
 
         if isinstance(err, DatasetNotFoundError | DataFilesNotFoundError):
             return Failure("permanent", _describe(err))
-    if module == "torch" and type(err).__name__ in ("DistNetworkError", "DistStoreError"):
+    if module == "torch" and type(err).__name__ in PEER_ERRORS:
         return Failure("retryable", f"lost contact with the other trainer processes: {_describe(err)}")
     return None
 

@@ -14,6 +14,7 @@ import signal
 import sys
 
 from finetune_api.contract import EXIT_RETRYABLE, PERMANENT_EXIT_CODES, RETRYABLE_EXIT_CODES
+from finetune_trainer.errors import classify
 
 
 def exit_code_for(worker_codes: list[int]) -> int:
@@ -53,6 +54,13 @@ def main(argv: list[str] | None = None) -> int:
             "(preempted or evicted); the Job runs it again from the last checkpoint",
             file=sys.stderr,
         )
+        return EXIT_RETRYABLE
+    except Exception as err:
+        # The launcher's own failures: a rendezvous that timed out, a store on pod 0 that went away.
+        failure = classify(err)
+        if not failure.retryable:
+            raise
+        print(f"retryable error: {failure.reason}", file=sys.stderr)
         return EXIT_RETRYABLE
     return 0
 
