@@ -1,4 +1,4 @@
-"""The images cannot be built here (no container engine); hadolint checks the Dockerfiles."""
+"""hadolint checks the Dockerfiles; tests/containers builds them with podman and runs the images."""
 
 from __future__ import annotations
 
