@@ -16,6 +16,7 @@ from typing import Any, Literal, get_args, get_origin
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
+from finetune_api.changes import changes_markdown
 from finetune_api.matrix import matrix_markdown
 from finetune_api.rules import RULES
 from finetune_api.spec import FineTuneJobSpec
@@ -88,6 +89,7 @@ def _table(cls: type[BaseModel]) -> str:
 def render() -> str:
     """The whole generated reference section, markers included."""
     parts = [BEGIN, "", "### Supported task × method pairs", "", matrix_markdown(), ""]
+    parts += ["### Changing a job's spec", "", changes_markdown(), ""]
     parts += ["### Spec", ""]
     parts += [_table(m) + "\n" for m in _models(FineTuneJobSpec)]
     parts += ["### Status", ""]

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from finetune_api.changes import transition_rules
 from finetune_api.matrix import UNSUPPORTED
 from finetune_api.spec import (
     DatasetSpec,
@@ -339,22 +340,8 @@ RULES: list[Rule] = [
         )
         for (task, method), reason in UNSUPPORTED.items()
     ],
-    # Transition rules: what may not change once a job exists.
-    *[
-        Rule(
-            FineTuneJobSpec,
-            field,
-            f"self.{field} == oldSelf.{field}",
-            f"spec.{field} is immutable: create a new FineTuneJob to train another {what}",
-            None,
-        )
-        for field, what in (
-            ("model", "model"),
-            ("task", "task"),
-            ("dataset", "dataset"),
-            ("method", "method"),
-        )
-    ],
+    # Transition rules (oldSelf): what may change once a job exists, and when (finetune_api.changes).
+    *[Rule(FineTuneJobSpec, field, cel, message, None) for field, cel, message in transition_rules()],
 ]
 
 

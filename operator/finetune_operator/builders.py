@@ -51,6 +51,7 @@ from finetune_api.contract import (
 from finetune_api.distributed import Rendezvous, deepspeed_config, resolve_strategy, torchrun_command, world_size
 from finetune_api.spec import FineTuneJobSpec, wire
 from finetune_operator.settings import OperatorSettings
+from finetune_operator.updates import GENERATION_ANNOTATION, TEMPLATE_HASH_ANNOTATION, template_hash
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,7 @@ class Parent:
     name: str
     namespace: str
     uid: str
+    generation: int = 1  # metadata.generation of the spec the children are rendered from
 
     def owner_reference(self) -> dict[str, Any]:
         return {
@@ -125,7 +127,7 @@ def build_config_map(parent: Parent, spec: FineTuneJobSpec, settings: OperatorSe
 
 
 def build_service(parent: Parent, settings: OperatorSettings) -> dict[str, Any]:
-    """Headless Service giving each pod a stable DNS name for the torchrun rendezvous."""
+    """Headless Service giving each pod a stable DNS name for the torchrun rendezvous (several nodes only)."""
     return {
         "apiVersion": "v1",
         "kind": "Service",
@@ -260,7 +262,6 @@ def build_job(parent: Parent, spec: FineTuneJobSpec, settings: OperatorSettings)
         job_labels[KUEUE_QUEUE_LABEL] = rp.queue_name
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",  # podFailurePolicy needs it; the Job recreates failed pods
-        "subdomain": names["service"],
         "serviceAccountName": names["serviceAccount"],
         "securityContext": {
             "runAsNonRoot": True,
@@ -293,6 +294,8 @@ def build_job(parent: Parent, spec: FineTuneJobSpec, settings: OperatorSettings)
         ],
         "volumes": _volumes(parent, spec),
     }
+    if r.nodes > 1:
+        pod_spec["subdomain"] = names["service"]
     if r.node_selector:
         pod_spec["nodeSelector"] = dict(r.node_selector)
     if r.tolerations:
@@ -326,19 +329,27 @@ def build_job(parent: Parent, spec: FineTuneJobSpec, settings: OperatorSettings)
         job_spec["activeDeadlineSeconds"] = rp.active_deadline_seconds
     if rp.ttl_seconds_after_finished is not None:
         job_spec["ttlSecondsAfterFinished"] = rp.ttl_seconds_after_finished
+    annotations = {
+        GENERATION_ANNOTATION: str(parent.generation),
+        TEMPLATE_HASH_ANNOTATION: template_hash(job_spec["template"]),
+    }
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
-        "metadata": {**_metadata(names["job"], parent, settings), "labels": job_labels},
+        "metadata": {**_metadata(names["job"], parent, settings), "labels": job_labels, "annotations": annotations},
         "spec": job_spec,
     }
 
 
 def build_children(parent: Parent, spec: FineTuneJobSpec, settings: OperatorSettings) -> list[dict[str, Any]]:
-    """Every object a FineTuneJob needs, in creation order (the Job last)."""
+    """Every object a FineTuneJob needs, the Job last: its pods need the others.
+
+    A single-node job has no Service: its one pod is its own rendezvous (localhost).
+    """
+    service = [build_service(parent, settings)] if spec.resources.nodes > 1 else []
     return [
         build_config_map(parent, spec, settings),
-        build_service(parent, settings),
+        *service,
         *build_rbac(parent, settings),
         build_job(parent, spec, settings),
     ]

@@ -1,32 +1,64 @@
 """kopf handlers: thin glue between FineTuneJob events and the pure builders and status logic.
 
-Reconciliation is level-triggered: every handler looks at what exists, creates only what
-is missing and recomputes the status from the observed Job, so it is safe to run twice,
-after an operator restart, or on several replicas (kopf peering lets only one act).
+Reconciliation is level-triggered: a new FineTuneJob gets its children (the independent ones
+created in parallel, then the Job); a changed one gets the change applied to its children
+(:mod:`finetune_operator.updates` decides how); every Job event refreshes the status from
+the Job itself. Safe to run twice, after an operator restart, or on several replicas
+(kopf peering lets only one act).
+
+API calls are the cost that matters, so the handlers make no call whose answer they have:
+the created Job is the one the create call returned, a Job event carries the Job, and the
+operator remembers the status it last wrote, so an unchanged status is not patched again.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
+from dataclasses import dataclass
 from typing import Any, cast
 
 import kopf
 from kubernetes.client.exceptions import ApiException
 
-from finetune_api.contract import API_GROUP, API_VERSION, JOB_LABEL, PLURAL
+from finetune_api.contract import API_GROUP, API_GROUP_VERSION, API_VERSION, JOB_LABEL, KIND, PLURAL
 from finetune_api.spec import FineTuneJobSpec
 from finetune_api.status import now
 from finetune_api.validation import InvalidSpec, parse_spec
 from finetune_operator import kube, metrics
-from finetune_operator.builders import Parent, build_children, child_names
+from finetune_operator.builders import Parent, build_children
 from finetune_operator.preflight import preflight_problems
 from finetune_operator.settings import OperatorSettings
-from finetune_operator.status import desired_status, merge_conditions, pod_failure_reason, transition_events
+from finetune_operator.status import desired_status, pod_failure_reason, status_patch, transition_events
+from finetune_operator.updates import config_map_patch, plan_job, replacement_job, updated_job
 
 FTJ = (API_GROUP, API_VERSION, PLURAL)
 log = logging.getLogger("finetune_operator")
 SETTINGS = OperatorSettings.from_env()
+
+
+@dataclass
+class _Known:
+    """What the operator last saw or wrote of one FineTuneJob."""
+
+    generation: int | None
+    status: dict[str, Any]
+    lock: threading.Lock
+
+
+_known: dict[str, _Known] = {}
+_known_lock = threading.Lock()
+
+
+def _remember(uid: str, generation: int | None, status: dict[str, Any]) -> _Known:
+    with _known_lock:
+        known = _known.get(uid)
+        if known is None:
+            known = _known[uid] = _Known(generation, dict(status), threading.Lock())
+        elif generation is not None:
+            known.generation = generation
+        return known
 
 
 @kopf.on.startup()
@@ -52,50 +84,116 @@ def _spec_and_problems(spec: dict[str, Any], namespace: str) -> tuple[FineTuneJo
     return (None, problems) if problems else (parsed, [])
 
 
-def _sync_status(body: dict[str, Any], spec: FineTuneJobSpec | None, problems: list[str]) -> dict[str, Any]:
-    """Recompute the operator-owned status from the Job, patch it, and post events for changes."""
-    meta = body["metadata"]
-    namespace, name = meta["namespace"], meta["name"]
-    job = None if problems else kube.read_job(namespace, child_names(Parent(name, namespace, meta["uid"]))["job"])
-    raw = body.get("spec") or {}
-    resources = raw.get("resources") or {}
-    new = desired_status(
-        name=name,
-        generation=meta.get("generation"),
-        nodes=spec.resources.nodes if spec else int(resources.get("nodes", 1)),
-        gpus_per_node=spec.resources.gpus_per_node if spec else int(resources.get("gpusPerNode", 1)),
-        job=job,
-        problems=problems,
-    )
-    old = dict(body.get("status") or {})
-    new["conditions"] = merge_conditions(old.get("conditions") or [], new["conditions"], now())
-    restart_reason = None
-    if int(new.get("restarts") or 0) > int(old.get("restarts") or 0):
-        restart_reason = pod_failure_reason(kube.list_pods(namespace, f"{JOB_LABEL}={name}"))
-    for event in transition_events(old, new, restart_reason):
-        kopf.event(cast(kopf.Body, body), type=event.type, reason=event.reason, message=event.message)
-    if any(old.get(k) != v for k, v in new.items()):
-        kube.patch_status(namespace, name, new)
-    metrics.observe_phase(namespace, name, new.get("phase"))
-    return new
+def _topology(job: dict[str, Any]) -> tuple[int, int]:
+    """Nodes and GPUs per node, as the Job runs them."""
+    spec = job.get("spec") or {}
+    containers = ((spec.get("template") or {}).get("spec") or {}).get("containers") or [{}]
+    limits = (containers[0].get("resources") or {}).get("limits") or {}
+    return int(spec.get("completions") or 1), int(limits.get("nvidia.com/gpu") or 0)
 
 
-def _reconcile(body: dict[str, Any]) -> None:
+def _sync_status(
+    ref: dict[str, Any],
+    known: _Known,
+    job: dict[str, Any] | None,
+    topology: tuple[int, int],
+    problems: list[str] | None = None,
+) -> None:
+    """Recompute the operator-owned status, patch it if it changed, and post events for changes."""
+    meta = ref["metadata"]
+    with known.lock:
+        new = desired_status(
+            name=meta["name"],
+            generation=known.generation,
+            nodes=topology[0],
+            gpus_per_node=topology[1],
+            job=job,
+            problems=problems,
+            timestamp=now(),
+        )
+        patch = status_patch(known.status, new)
+        if patch is not None:
+            restart_reason = None
+            if int(patch.get("restarts") or 0) > int(known.status.get("restarts") or 0):
+                restart_reason = pod_failure_reason(kube.list_pods(meta["namespace"], f"{JOB_LABEL}={meta['name']}"))
+            kube.patch_status(meta["namespace"], meta["name"], patch)
+            for event in transition_events(known.status, patch, restart_reason):
+                kopf.event(cast(kopf.Body, ref), type=event.type, reason=event.reason, message=event.message)
+            known.status.update(patch)
+    metrics.observe_phase(meta["namespace"], meta["name"], new.phase)
+
+
+def _create(parent: Parent, children: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """Create what is missing: the independent children in parallel, then the Job (its pods need them)."""
+    *others, job = children
+    for manifest, created in zip(others, kube.create_all(others), strict=True):
+        if created:
+            metrics.CHILDREN_CREATED.labels(kind=manifest["kind"]).inc()
+    obj = kube.create(job)
+    if obj is not None:
+        metrics.CHILDREN_CREATED.labels(kind="Job").inc()
+    return obj
+
+
+def _apply_change(parent: Parent, children: list[dict[str, Any]], job: dict[str, Any]) -> tuple[dict[str, Any], str]:
+    """Bring existing children to the spec; the Job as it now is, and what is still to do ('' if nothing)."""
+    desired = children[-1]
+    plan = plan_job(job, desired)
+    if plan.action == "none":
+        return job, ""
+    # A change may need a child the job did not have (the Service of a job grown to several nodes).
+    kube.create_all(children[:-1])
+    config_map = children[0]
+    current = kube.read_config_map(parent.namespace, config_map["metadata"]["name"])
+    patch = config_map_patch(current or {}, config_map)
+    if patch is not None:
+        kube.patch_config_map(parent.namespace, config_map["metadata"]["name"], patch)
+    name = desired["metadata"]["name"]
+    if plan.action == "suspend":
+        return kube.patch_job(parent.namespace, name, {"spec": {"suspend": True}}), plan.reason
+    if plan.action == "wait":
+        return job, plan.reason
+    try:
+        return kube.replace_job(updated_job(job, desired, template=plan.template)), ""
+    except ApiException as err:
+        if err.status == 409:
+            return job, "the Job changed while it was being updated"
+        if err.status != 422 or not plan.template:
+            raise
+        log.info("recreating Job %s/%s: refused in place: %s", parent.namespace, name, err.body)
+    # The API server does not allow this template change in place (e.g. nodes or image): recreate the
+    # suspended Job; the new pods resume from the last checkpoint.
+    kube.delete_job(parent.namespace, name, job["metadata"]["uid"])
+    created = kube.create(replacement_job(job, desired))
+    if created is None:
+        return job, "waiting for the old Job to be deleted"
+    return created, ""
+
+
+def _reconcile(body: dict[str, Any], is_new: bool) -> None:
     started = time.monotonic()
     meta = body["metadata"]
+    uid, generation = meta["uid"], meta.get("generation")
+    ref = {"apiVersion": body["apiVersion"], "kind": body["kind"], "metadata": meta}
+    known = _remember(uid, generation, body.get("status") or {})
     try:
         spec, problems = _spec_and_problems(body.get("spec") or {}, meta["namespace"])
-        if spec is not None:
-            parent = Parent(meta["name"], meta["namespace"], meta["uid"])
-            for manifest in build_children(parent, spec, SETTINGS):
-                obj, created = kube.create_or_get(manifest)
-                if created:
-                    metrics.CHILDREN_CREATED.labels(kind=manifest["kind"]).inc()
-                elif manifest["kind"] == "Job":
-                    want = manifest["spec"]["suspend"]
-                    if bool((obj.get("spec") or {}).get("suspend")) != want:
-                        kube.set_job_suspend(parent.namespace, manifest["metadata"]["name"], want)
-        _sync_status(body, spec, problems)
+        if spec is None:
+            _sync_status(ref, known, None, _spec_topology(body), problems)
+            return
+        parent = Parent(meta["name"], meta["namespace"], uid, generation or 1)
+        children = build_children(parent, spec, SETTINGS)
+        job = _create(parent, children) if is_new else None
+        pending = ""
+        if job is None:
+            job = kube.read_job(parent.namespace, children[-1]["metadata"]["name"])
+            if job is None:
+                job = _create(parent, children)
+            else:
+                job, pending = _apply_change(parent, children, job)
+        _sync_status(ref, known, job, (spec.resources.nodes, spec.resources.gpus_per_node))
+        if pending or job is None:
+            raise kopf.TemporaryError(pending or "the trainer Job is being replaced", delay=2)
     except ApiException as err:
         metrics.RECONCILE_ERRORS.inc()
         raise kopf.TemporaryError(f"API server error {err.status}: {err.reason}", delay=10) from err
@@ -103,33 +201,50 @@ def _reconcile(body: dict[str, Any]) -> None:
         metrics.RECONCILE_SECONDS.observe(time.monotonic() - started)
 
 
+def _spec_topology(body: dict[str, Any]) -> tuple[int, int]:
+    resources = (body.get("spec") or {}).get("resources") or {}
+    return int(resources.get("nodes", 1)), int(resources.get("gpusPerNode", 1))
+
+
 @kopf.on.resume(*FTJ)
 @kopf.on.create(*FTJ)
 @kopf.on.update(*FTJ, field="spec")
-def reconcile(body: kopf.Body, **_: Any) -> None:
-    """Create the missing children of a FineTuneJob, sync suspend, and refresh its status."""
-    _reconcile(dict(body))
+def reconcile(body: kopf.Body, reason: str, **_: Any) -> None:
+    """Create a new FineTuneJob's children, or apply a spec change to them (or find them up to date
+    after a restart), and refresh the status."""
+    _reconcile(dict(body), is_new=reason == kopf.Reason.CREATE)
 
 
 @kopf.on.event("batch", "v1", "jobs", labels={JOB_LABEL: kopf.PRESENT})
 def job_changed(body: kopf.Body, type: str | None, **_: Any) -> None:
     """A trainer Job changed (pods started, failed, finished): refresh its FineTuneJob's status."""
-    meta = body.get("metadata") or {}
-    name = (meta.get("labels") or {}).get(JOB_LABEL)
-    if type == "DELETED" or not name:
+    job = dict(body)
+    meta = job.get("metadata") or {}
+    owner = next((o for o in meta.get("ownerReferences") or [] if o.get("kind") == KIND and o.get("controller")), None)
+    if type == "DELETED" or owner is None:
         return
-    parent = kube.read_finetunejob(meta["namespace"], name)
-    if parent is None:
-        return
+    namespace = meta["namespace"]
     try:
-        spec, problems = _spec_and_problems(parent.get("spec") or {}, meta["namespace"])
-        _sync_status(parent, spec, problems)
+        known = _known.get(owner["uid"])
+        if known is None:  # not seen since the operator started: read it once
+            parent = kube.read_finetunejob(namespace, owner["name"])
+            if parent is None or parent["metadata"]["uid"] != owner["uid"]:
+                return
+            known = _remember(owner["uid"], parent["metadata"].get("generation"), parent.get("status") or {})
+        ref = {
+            "apiVersion": API_GROUP_VERSION,
+            "kind": KIND,
+            "metadata": {"name": owner["name"], "namespace": namespace, "uid": owner["uid"]},
+        }
+        _sync_status(ref, known, job, _topology(job))
     except ApiException as err:
         metrics.RECONCILE_ERRORS.inc()
-        log.warning("status refresh of %s/%s failed: %s", meta["namespace"], name, err.reason)
+        log.warning("status refresh of %s/%s failed: %s", namespace, owner["name"], err.reason)
 
 
 @kopf.on.delete(*FTJ, optional=True)
-def forget(namespace: str | None, name: str, **_: Any) -> None:
-    """Drop a deleted job from the metrics; its children go by garbage collection."""
+def forget(namespace: str | None, name: str, uid: str, **_: Any) -> None:
+    """Drop a deleted job from the metrics and the operator's memory; its children go by garbage collection."""
     metrics.forget(namespace or "", name)
+    with _known_lock:
+        _known.pop(uid, None)

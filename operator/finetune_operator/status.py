@@ -2,7 +2,9 @@
 
 The operator owns observedGeneration, phase, conditions, times, restarts, topology and
 message. progress, metrics, parameters and artifacts belong to the trainer and are never
-computed here, so a merge patch of this module's output leaves them alone.
+computed here. Every write is a typed :class:`FineTuneJobStatus` (so a misspelt field fails
+validation instead of being pruned by the API server), sent as a merge patch of the
+operator's fields only, and only when one of them changed.
 """
 
 from __future__ import annotations
@@ -11,6 +13,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from finetune_api.contract import JOB_LABEL
+from finetune_api.status import Condition, FineTuneJobStatus, Phase
+from finetune_api.status import status_patch as wire_status
+from finetune_operator.updates import is_finished, previous_failures, reflected_generation
 
 # Reasons a Job reports in its Failed condition, and what a person should read.
 _JOB_FAILURE_MESSAGES = {
@@ -20,6 +25,17 @@ _JOB_FAILURE_MESSAGES = {
     "PodFailurePolicy": "the trainer exited with a permanent error (invalid spec or dataset); "
     f"see the pod logs (kubectl logs -l {JOB_LABEL}={{name}}), fix the spec or data and create a new job",
     "MaxFailedIndexesExceeded": "too many pods failed",
+}
+
+# For each state: the conditions it sets True, and those it sets False.
+_CONDITIONS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "InvalidSpec": (("Stalled", "Failed"), ("Ready", "Reconciling")),
+    "Creating": (("Reconciling",), ("Created", "Ready", "Stalled")),
+    "Succeeded": (("Created", "Succeeded", "Ready"), ("Running", "Reconciling", "Stalled")),
+    "Failed": (("Created", "Failed", "Stalled"), ("Running", "Ready", "Reconciling")),
+    "Suspended": (("Created", "Suspended"), ("Running", "Ready", "Reconciling", "Stalled")),
+    "Running": (("Created", "Running", "Reconciling"), ("Suspended", "Ready", "Stalled")),
+    "Pending": (("Created", "Reconciling"), ("Running", "Suspended", "Ready", "Stalled")),
 }
 
 
@@ -32,6 +48,14 @@ class Event:
     message: str
 
 
+@dataclass(frozen=True)
+class _State:
+    key: str  # a key of _CONDITIONS
+    phase: Phase
+    reason: str
+    message: str
+
+
 def _job_condition(job: dict[str, Any], kind: str) -> dict[str, Any] | None:
     for cond in (job.get("status") or {}).get("conditions") or []:
         if cond.get("type") == kind and cond.get("status") == "True":
@@ -39,26 +63,26 @@ def _job_condition(job: dict[str, Any], kind: str) -> dict[str, Any] | None:
     return None
 
 
-def _condition(kind: str, status: bool, reason: str, message: str, generation: int | None) -> dict[str, Any]:
-    return {
-        "type": kind,
-        "status": "True" if status else "False",
-        "reason": reason,
-        "message": message,
-        "observedGeneration": generation,
-    }
-
-
-def merge_conditions(old: list[dict[str, Any]], new: list[dict[str, Any]], timestamp: str) -> list[dict[str, Any]]:
-    """New conditions, keeping lastTransitionTime where a condition's status did not change."""
-    previous = {c.get("type"): c for c in old or []}
-    merged = []
-    for cond in new:
-        before = previous.get(cond["type"])
-        changed = before is None or before.get("status") != cond["status"]
-        last = timestamp if changed else before.get("lastTransitionTime", timestamp)  # type: ignore[union-attr]
-        merged.append({**cond, "lastTransitionTime": last})
-    return merged
+def _job_state(name: str, nodes: int, job: dict[str, Any], restarts: int) -> _State:
+    """What the Job shows, as one of the states of _CONDITIONS."""
+    js = job.get("status") or {}
+    if _job_condition(job, "Complete") is not None:
+        return _State("Succeeded", "Succeeded", "Completed", "training finished")
+    failed = _job_condition(job, "Failed")
+    if failed is not None:
+        reason = failed.get("reason") or "Failed"
+        template = _JOB_FAILURE_MESSAGES.get(reason)
+        detail = template.format(failed=restarts, name=name) if template else failed.get("message", "")
+        return _State("Failed", "Failed", reason, f"{reason}: {detail}")
+    if _job_condition(job, "Suspended") is not None or (job.get("spec") or {}).get("suspend"):
+        message = "suspended (runPolicy.suspend); set it to false to resume from the last checkpoint"
+        return _State("Suspended", "Suspended", "Suspended", message)
+    ready, active = int(js.get("ready") or 0), int(js.get("active") or 0)
+    if ready > 0:
+        after = f" after {restarts} restarts" if restarts else ""
+        return _State("Running", "Running", "PodsRunning", f"training on {ready}/{nodes} pods{after}")
+    message = f"waiting for {nodes} pods to be scheduled and started ({active} created)"
+    return _State("Pending", "Pending", "PodsPending", message)
 
 
 def desired_status(
@@ -69,111 +93,98 @@ def desired_status(
     gpus_per_node: int,
     job: dict[str, Any] | None,
     problems: list[str] | None = None,
-) -> dict[str, Any]:
-    """Phase, conditions (without times), restarts, times and message for the current state.
+    timestamp: str = "",
+) -> FineTuneJobStatus:
+    """The operator's part of the status for the current state (condition times set to ``timestamp``).
 
     ``job`` is the batch/v1 Job (None before it exists); ``problems`` are spec problems
     the API server could not refuse, which stall the job with the field path and fix.
+    observedGeneration is the generation the Job reflects: it moves once a spec change is
+    applied to the Job, not when the change is made.
     """
-    topology = f"{nodes}x{gpus_per_node}"
-    status: dict[str, Any] = {"observedGeneration": generation, "topology": topology}
-    g = generation
-
+    observed = generation
+    restarts = 0
+    start_time: str | None = None
+    completion_time: str | None = None
     if problems:
         message = "invalid spec: " + "; ".join(problems)
-        status.update(phase="Failed", message=message)
-        status["conditions"] = [
-            _condition("Ready", False, "InvalidSpec", message, g),
-            _condition("Reconciling", False, "InvalidSpec", "fix the spec to continue", g),
-            _condition("Stalled", True, "InvalidSpec", message, g),
-            _condition("Failed", True, "InvalidSpec", message, g),
-        ]
-        return status
-
-    if job is None:
-        message = "creating the trainer job"
-        status.update(phase="Pending", message=message)
-        status["conditions"] = [
-            _condition("Created", False, "Creating", message, g),
-            _condition("Ready", False, "Creating", message, g),
-            _condition("Reconciling", True, "Creating", message, g),
-            _condition("Stalled", False, "Creating", "", g),
-        ]
-        return status
-
-    js = job.get("status") or {}
-    failed = int(js.get("failed") or 0)
-    active = int(js.get("active") or 0)
-    ready = int(js.get("ready") or 0)
-    status["restarts"] = failed
-    if js.get("startTime"):
-        status["startTime"] = js["startTime"]
-    created = _condition("Created", True, "JobCreated", f"job {job['metadata']['name']} created", g)
-
-    complete = _job_condition(job, "Complete")
-    job_failed = _job_condition(job, "Failed")
-    suspended = _job_condition(job, "Suspended")
-    if complete is not None:
-        message = "training finished"
-        status.update(phase="Succeeded", message=message)
-        status["completionTime"] = js.get("completionTime") or complete.get("lastTransitionTime")
-        status["conditions"] = [
-            created,
-            _condition("Running", False, "Completed", message, g),
-            _condition("Succeeded", True, "Completed", message, g),
-            _condition("Ready", True, "Succeeded", message, g),
-            _condition("Reconciling", False, "Succeeded", "", g),
-            _condition("Stalled", False, "Succeeded", "", g),
-        ]
-        return status
-    if job_failed is not None:
-        reason = job_failed.get("reason") or "Failed"
-        template = _JOB_FAILURE_MESSAGES.get(reason)
-        detail = template.format(failed=failed, name=name) if template else job_failed.get("message", "")
-        message = f"{reason}: {detail}"
-        status.update(phase="Failed", message=message)
-        status["completionTime"] = job_failed.get("lastTransitionTime")
-        status["conditions"] = [
-            created,
-            _condition("Running", False, reason, message, g),
-            _condition("Failed", True, reason, message, g),
-            _condition("Ready", False, reason, message, g),
-            _condition("Reconciling", False, reason, "", g),
-            _condition("Stalled", True, reason, message, g),
-        ]
-        return status
-    if suspended is not None or (job.get("spec") or {}).get("suspend"):
-        message = "suspended (runPolicy.suspend); set it to false to resume from the last checkpoint"
-        status.update(phase="Suspended", message=message)
-        status["conditions"] = [
-            created,
-            _condition("Running", False, "Suspended", message, g),
-            _condition("Suspended", True, "Suspended", message, g),
-            _condition("Ready", False, "Suspended", message, g),
-            _condition("Reconciling", False, "Suspended", "", g),
-            _condition("Stalled", False, "Suspended", "", g),
-        ]
-        return status
-    if ready > 0:
-        message = f"training on {ready}/{nodes} pods" + (f" after {failed} restarts" if failed else "")
-        phase, reason = "Running", "PodsRunning"
+        state = _State("InvalidSpec", "Failed", "InvalidSpec", message)
+    elif job is None:
+        state = _State("Creating", "Pending", "Creating", "creating the trainer job")
     else:
-        message = f"waiting for {nodes} pods to be scheduled and started ({active} created)"
-        phase, reason = "Pending", "PodsPending"
-    status.update(phase=phase, message=message)
-    status["conditions"] = [
-        created,
-        _condition("Running", phase == "Running", reason, message, g),
-        _condition("Suspended", False, reason, "", g),
-        _condition("Ready", False, reason, message, g),
-        _condition("Reconciling", True, reason, message, g),
-        _condition("Stalled", False, reason, "", g),
-    ]
-    return status
+        observed = reflected_generation(job) or generation
+        js = job.get("status") or {}
+        restarts = previous_failures(job) + int(js.get("failed") or 0)
+        state = _job_state(name, nodes, job, restarts)
+        start_time = js.get("startTime")
+        if state.phase == "Succeeded":
+            complete = _job_condition(job, "Complete") or {}
+            completion_time = js.get("completionTime") or complete.get("lastTransitionTime")
+        elif state.phase == "Failed":
+            completion_time = (_job_condition(job, "Failed") or {}).get("lastTransitionTime")
+
+    def condition(kind: str, status: bool) -> Condition:
+        if kind == "Created" and status:
+            reason, message = "JobCreated", f"job {name} created"
+        else:
+            reason, message = state.reason, state.message if status or kind in ("Ready", "Running") else ""
+        return Condition(
+            type=kind,
+            status="True" if status else "False",
+            reason=reason,
+            message=message,
+            last_transition_time=timestamp,
+            observed_generation=observed,
+        )
+
+    true, false = _CONDITIONS[state.key]
+    conditions = [condition(k, True) for k in true] + [condition(k, False) for k in false]
+    if job is not None and not is_finished(job) and observed != generation:
+        # A spec change is on its way to the Job (kstatus: InProgress until observedGeneration moves).
+        conditions = [c for c in conditions if c.type != "Reconciling"] + [
+            condition("Reconciling", True).model_copy(
+                update={"reason": "SpecChanging", "message": f"applying spec generation {generation} to the Job"}
+            )
+        ]
+    return FineTuneJobStatus(
+        observed_generation=observed,
+        phase=state.phase,
+        conditions=conditions,
+        restarts=restarts,
+        topology=f"{nodes}x{gpus_per_node}",
+        message=state.message,
+        start_time=start_time,
+        completion_time=completion_time,
+    )
+
+
+def merge_conditions(old: list[dict[str, Any]], new: list[Condition]) -> list[Condition]:
+    """New conditions, keeping lastTransitionTime where a condition's status did not change."""
+    previous = {c.get("type"): c for c in old or []}
+    merged = []
+    for cond in new:
+        before = previous.get(cond.type)
+        if before is not None and before.get("status") == cond.status and before.get("lastTransitionTime"):
+            cond = cond.model_copy(update={"last_transition_time": before["lastTransitionTime"]})
+        merged.append(cond)
+    return merged
+
+
+def status_patch(old: dict[str, Any], new: FineTuneJobStatus) -> dict[str, Any] | None:
+    """The operator's fields of ``new`` (conditions merged with ``old``'s times) as a merge patch,
+    or None when the status already says all of it."""
+    merged = new.model_copy(update={"conditions": merge_conditions(old.get("conditions") or [], new.conditions)})
+    # Validate again (model_copy does not): a patch never carries a value the schema refuses.
+    checked = FineTuneJobStatus.model_validate(merged.model_dump(exclude_unset=True))
+    patch = wire_status(checked, "operator")
+    if all(old.get(k) == v for k, v in patch.items()):
+        return None
+    return patch
 
 
 def pod_failure_reason(pods: list[dict[str, Any]]) -> str | None:
-    """Why the most recently failed trainer pod stopped, e.g. 'OOMKilled (exit code 137)'."""
+    """Why the most recently failed trainer pod stopped, e.g. 'OOMKilled (exit code 137)', with the
+    last line of its termination message (the trainer's reason, or its last log line)."""
     latest: tuple[str, str] | None = None
     for pod in pods:
         if (pod.get("status") or {}).get("phase") != "Failed":
@@ -183,6 +194,9 @@ def pod_failure_reason(pods: list[dict[str, Any]]) -> str | None:
             if term:
                 when = term.get("finishedAt") or ""
                 text = f"{term.get('reason') or 'Error'} (exit code {term.get('exitCode')})"
+                lines = [line.strip() for line in (term.get("message") or "").splitlines() if line.strip()]
+                if lines:
+                    text += f": {lines[-1][:300]}"
                 if latest is None or when >= latest[0]:
                     latest = (when, text)
         if latest is None:
@@ -193,7 +207,8 @@ def pod_failure_reason(pods: list[dict[str, Any]]) -> str | None:
 
 
 def transition_events(old: dict[str, Any], new: dict[str, Any], restart_reason: str | None = None) -> list[Event]:
-    """Events for what changed between the old and new status: created, started, restarted, finished."""
+    """Events for what changed between the old and new status (wire dicts): created, started,
+    restarted, finished."""
     events: list[Event] = []
     old_phase, new_phase = old.get("phase"), new.get("phase")
     old_conds = {c["type"]: c.get("status") for c in old.get("conditions") or []}

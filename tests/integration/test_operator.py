@@ -84,17 +84,37 @@ def test_api_server_accepts_every_example_and_fills_defaults(crds: Kube, kube_na
     assert obj["spec"]["runPolicy"]["backoffLimit"] == 3
 
 
-def test_model_task_dataset_method_are_immutable_suspend_is_not(crds: Kube, kube_namespace: str) -> None:
+def test_spec_changes_are_refused_naming_the_field(crds: Kube, kube_namespace: str) -> None:
     ns = kube_namespace
-    crds.kubectl("apply", "-n", ns, "-f", "-", input=ftj("imm", runPolicy={"suspend": True}))
-    for patch, field in (
-        ({"spec": {"model": {"name": "roberta-base"}}}, "spec.model"),
-        ({"spec": {"task": {"labels": ["a", "b", "c"]}}}, "spec.task"),
-        ({"spec": {"method": {"type": "full"}}}, "spec.method"),
+    crds.kubectl("apply", "-n", ns, "-f", "-", input=ftj("imm"))
+
+    def patch(spec: dict[str, Any]) -> Any:
+        body = json.dumps({"spec": spec})
+        return crds.kubectl("patch", "ftj", "imm", "-n", ns, "--type=merge", "-p", body, check=False)
+
+    # Never changeable: what the job trains, on what, how, and where the results go.
+    for change, field in (
+        ({"model": {"name": "roberta-base"}}, "spec.model"),
+        ({"task": {"labels": ["a", "b", "c"]}}, "spec.task"),
+        ({"method": {"type": "full"}}, "spec.method"),
+        ({"training": {"learningRate": 0.001}}, "spec.training"),
+        ({"output": {"uploadCheckpoints": False}}, "spec.output"),
     ):
-        out = crds.kubectl("patch", "ftj", "imm", "-n", ns, "--type=merge", "-p", json.dumps(patch), check=False)
+        out = patch(change)
         assert out.returncode != 0 and f"{field} is immutable" in out.stderr, out.stderr
-    crds.kubectl("patch", "ftj", "imm", "-n", ns, "--type=merge", "-p", '{"spec":{"runPolicy":{"suspend":false}}}')
+    # Changeable only while suspended: refused on a running job, with the way out in the message.
+    for change, field in (
+        ({"resources": {"memory": "2Gi"}}, "spec.resources"),
+        ({"runPolicy": {"queueName": "team-a"}}, "spec.runPolicy.queueName"),
+    ):
+        out = patch(change)
+        assert out.returncode != 0 and f"{field} can change only while the job is suspended" in out.stderr, out.stderr
+    # Changeable at any time; and once suspended, resources and the queue may change too.
+    assert patch({"runPolicy": {"backoffLimit": 5, "activeDeadlineSeconds": 600}}).returncode == 0
+    assert patch({"runPolicy": {"suspend": True}}).returncode == 0
+    out = patch({"resources": {"memory": "2Gi"}, "runPolicy": {"queueName": "team-a", "suspend": False}})
+    assert out.returncode == 0, out.stderr
+    assert get(crds, ns, "ftj", "imm")["spec"]["resources"]["memory"] == "2Gi"
 
 
 # --- the operator ---------------------------------------------------------------------------
@@ -185,6 +205,65 @@ def test_suspend_and_resume(operator: OperatorProcess, kube_namespace: str) -> N
     assert get(kube, ns, "job", "sus")["spec"]["suspend"] is False
     kube.kubectl("patch", "ftj", "sus", "-n", ns, "--type=merge", "-p", '{"spec":{"runPolicy":{"suspend":true}}}')
     wait_for("phase Suspended again", lambda: phase(kube, ns, "sus") == "Suspended", timeout=60)
+
+
+def _merge_patch(kube: Kube, ns: str, name: str, spec: dict[str, Any]) -> None:
+    kube.kubectl("patch", "ftj", name, "-n", ns, "--type=merge", "-p", json.dumps({"spec": spec}))
+
+
+def _observed(kube: Kube, ns: str, name: str) -> bool:
+    obj = get(kube, ns, "ftj", name)
+    return bool((obj.get("status") or {}).get("observedGeneration") == obj["metadata"]["generation"])
+
+
+def test_live_change_is_applied_to_the_running_job(operator: OperatorProcess, kube_namespace: str) -> None:
+    kube, ns = operator.kube, kube_namespace
+    kube.kubectl("apply", "-n", ns, "-f", "-", input=with_pods(ftj("live", resources={"nodes": 1}), delay="120s"))
+    wait_for("phase Running", lambda: phase(kube, ns, "live") == "Running", timeout=60)
+    pod_uids = {
+        p["metadata"]["uid"] for p in kube.kubectl_json("get", "pods", "-n", ns, "-l", "finetune.dev/job=live")["items"]
+    }
+    _merge_patch(kube, ns, "live", {"runPolicy": {"backoffLimit": 6, "activeDeadlineSeconds": 3600}})
+    job = wait_for(
+        "the Job to take the change", lambda: (j := get(kube, ns, "job", "live"))["spec"]["backoffLimit"] == 6 and j
+    )
+    assert job["spec"]["activeDeadlineSeconds"] == 3600
+    assert job["metadata"]["annotations"]["finetune.dev/generation"] == "2"
+    wait_for("observedGeneration 2", lambda: _observed(kube, ns, "live"), timeout=30)
+    # Nothing restarted: the same pod runs on.
+    after = {
+        p["metadata"]["uid"] for p in kube.kubectl_json("get", "pods", "-n", ns, "-l", "finetune.dev/job=live")["items"]
+    }
+    assert after == pod_uids and phase(kube, ns, "live") == "Running"
+
+
+def test_resources_change_while_suspended_is_applied_on_resume(operator: OperatorProcess, kube_namespace: str) -> None:
+    kube, ns = operator.kube, kube_namespace
+    manifest = with_pods(ftj("grow", resources={"nodes": 1}, runPolicy={"suspend": True}), delay="120s")
+    kube.kubectl("apply", "-n", ns, "-f", "-", input=manifest)
+    wait_for("phase Suspended", lambda: phase(kube, ns, "grow") == "Suspended")
+    first = get(kube, ns, "job", "grow")
+
+    # Memory: Kubernetes lets a suspended Job's pod resources change, so the same Job is updated.
+    _merge_patch(kube, ns, "grow", {"resources": {"memory": "2Gi"}})
+    wait_for("observedGeneration 2", lambda: _observed(kube, ns, "grow"), timeout=30)
+    job = get(kube, ns, "job", "grow")
+    assert job["metadata"]["uid"] == first["metadata"]["uid"]
+    assert job["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["memory"] == "2Gi"
+    assert phase(kube, ns, "grow") == "Suspended"
+
+    # Nodes, in the same apply as the resume: the pod template changes beyond what Kubernetes updates in
+    # place, so the Job is recreated (with the Service a multi-node job needs), and runs 2 pods.
+    _merge_patch(kube, ns, "grow", {"resources": {"nodes": 2}, "runPolicy": {"suspend": False}})
+    wait_for("observedGeneration 3", lambda: _observed(kube, ns, "grow"), timeout=60)
+    job = get(kube, ns, "job", "grow")
+    assert job["metadata"]["uid"] != first["metadata"]["uid"]
+    assert job["spec"]["completions"] == 2 and job["spec"]["suspend"] is False
+    assert job["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["memory"] == "2Gi"
+    assert get(kube, ns, "service", "grow")["spec"]["clusterIP"] == "None"
+    wait_for("phase Running", lambda: phase(kube, ns, "grow") == "Running", timeout=60)
+    config = get(kube, ns, "configmap", "grow-config")["data"]["job.yaml"]
+    assert "nodes: 2" in config  # the trainer reads the new topology
 
 
 def test_delete_garbage_collects_children(operator: OperatorProcess, kube_namespace: str) -> None:

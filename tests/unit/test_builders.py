@@ -103,6 +103,28 @@ def test_job_has_one_pod_per_node_each_with_its_gpus() -> None:
     assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-a"
 
 
+def test_only_a_multi_node_job_gets_the_rendezvous_service() -> None:
+    single = _render("1node-1gpu")
+    assert "Service" not in [o["kind"] for o in single]
+    assert "subdomain" not in single[-1]["spec"]["template"]["spec"]
+    multi = _render("2node-8gpu-kueue-secrets")
+    (service,) = [o for o in multi if o["kind"] == "Service"]
+    assert multi[-1]["spec"]["template"]["spec"]["subdomain"] == service["metadata"]["name"]
+
+
+def test_job_records_the_generation_and_template_it_was_rendered_from() -> None:
+    from dataclasses import replace
+
+    spec = parse_spec(BASE)
+    job = build_job(replace(PARENT, generation=5), spec, SETTINGS)
+    annotations = job["metadata"]["annotations"]
+    assert annotations["finetune.dev/generation"] == "5"
+    same = build_job(PARENT, spec, SETTINGS)["metadata"]["annotations"]["finetune.dev/template-hash"]
+    bigger = parse_spec({**BASE, "resources": {"memory": "96Gi"}})
+    other = build_job(PARENT, bigger, SETTINGS)["metadata"]["annotations"]["finetune.dev/template-hash"]
+    assert annotations["finetune.dev/template-hash"] == same != other
+
+
 def test_node_rank_comes_from_the_completion_index() -> None:
     job = build_job(PARENT, parse_spec(BASE), SETTINGS)
     env = {e["name"]: e for e in job["spec"]["template"]["spec"]["containers"][0]["env"]}

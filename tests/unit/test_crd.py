@@ -72,9 +72,12 @@ def test_printer_columns_and_short_name() -> None:
 
 def test_immutable_fields_have_transition_rules() -> None:
     spec = _schema()["properties"]["spec"]
-    rules = {r["rule"] for r in spec["x-kubernetes-validations"]}
-    for field in ("model", "task", "dataset", "method"):
-        assert f"self.{field} == oldSelf.{field}" in rules
+    rules = {r["rule"]: r for r in spec["x-kubernetes-validations"]}
+    for field in ("model", "task", "dataset", "method", "training", "distributed", "output"):
+        rule = rules[f"self.{field} == oldSelf.{field}"]
+        assert rule["fieldPath"] == f".{field}" and rule["reason"] == "FieldValueForbidden"
+    suspended_only = [r for r in rules if r.startswith("oldSelf.runPolicy.suspend || ")]
+    assert len(suspended_only) == 2  # resources and runPolicy.queueName
 
 
 def test_readme_api_reference_is_fresh() -> None:

@@ -6,21 +6,33 @@ from typing import Any
 
 import pytest
 
-from finetune_operator.status import desired_status, merge_conditions, pod_failure_reason, transition_events
+from finetune_api.spec import wire
+from finetune_operator.status import (
+    desired_status,
+    merge_conditions,
+    pod_failure_reason,
+    status_patch,
+    transition_events,
+)
+from finetune_operator.updates import GENERATION_ANNOTATION, PREVIOUS_FAILURES_ANNOTATION
 
 
-def _job(**status: Any) -> dict[str, Any]:
+def _job(generation: int = 4, **status: Any) -> dict[str, Any]:
     conditions = status.pop("conditions", [])
     suspend = status.pop("suspend", False)
+    annotations = {GENERATION_ANNOTATION: str(generation), **status.pop("annotations", {})}
     return {
-        "metadata": {"name": "j"},
+        "metadata": {"name": "j", "annotations": annotations},
         "spec": {"suspend": suspend},
         "status": {**status, "conditions": [{"status": "True", **c} for c in conditions]},
     }
 
 
-def _status(job: dict[str, Any] | None, problems: list[str] | None = None) -> dict[str, Any]:
-    return desired_status(name="j", generation=4, nodes=2, gpus_per_node=8, job=job, problems=problems)
+def _status(job: dict[str, Any] | None, problems: list[str] | None = None, generation: int = 4) -> dict[str, Any]:
+    typed = desired_status(
+        name="j", generation=generation, nodes=2, gpus_per_node=8, job=job, problems=problems, timestamp="t0"
+    )
+    return wire(typed)
 
 
 def _conds(status: dict[str, Any]) -> dict[str, str]:
@@ -75,14 +87,54 @@ def test_restarts_count_failed_pods_and_stay_running() -> None:
     assert "after 1 restarts" in status["message"]
 
 
+def _typed(job: dict[str, Any], timestamp: str) -> Any:
+    return desired_status(name="j", generation=4, nodes=2, gpus_per_node=8, job=job, timestamp=timestamp)
+
+
 def test_last_transition_time_kept_while_status_unchanged() -> None:
-    first = merge_conditions([], _status(_job(active=2, ready=2))["conditions"], "t1")
-    again = merge_conditions(first, _status(_job(active=2, ready=2))["conditions"], "t2")
+    first = [wire(c) for c in merge_conditions([], _typed(_job(active=2, ready=2), "t1").conditions)]
+    again = [wire(c) for c in merge_conditions(first, _typed(_job(active=2, ready=2), "t2").conditions)]
     assert {c["lastTransitionTime"] for c in again} == {"t1"}
-    done = _status(_job(conditions=[{"type": "Complete"}]))
-    final = {c["type"]: c for c in merge_conditions(again, done["conditions"], "t3")}
-    assert final["Running"]["lastTransitionTime"] == "t3"  # True -> False
-    assert final["Created"]["lastTransitionTime"] == "t1"  # unchanged
+    done = _typed(_job(conditions=[{"type": "Complete"}]), "t3")
+    final = {c.type: c for c in merge_conditions(again, done.conditions)}
+    assert final["Running"].last_transition_time == "t3"  # True -> False
+    assert final["Created"].last_transition_time == "t1"  # unchanged
+
+
+def test_status_is_patched_only_when_the_operators_fields_change() -> None:
+    running = _typed(_job(active=2, ready=2), "t1")
+    patch = status_patch({}, running)
+    assert patch is not None and patch["phase"] == "Running" and patch["observedGeneration"] == 4
+    # The trainer's fields are never part of the operator's patch.
+    assert not {"progress", "metrics", "parameters", "artifacts"} & set(patch)
+    written = {**patch, "progress": {"step": 5}}
+    assert status_patch(written, _typed(_job(active=2, ready=2), "t2")) is None
+    restarted = status_patch(written, _typed(_job(active=2, ready=2, failed=1), "t3"))
+    assert restarted is not None and restarted["restarts"] == 1 and "after 1 restarts" in restarted["message"]
+
+
+def test_a_misspelt_status_field_fails_validation() -> None:
+    import pydantic
+
+    running = _typed(_job(active=2, ready=2), "t1")
+    bad = running.model_copy(update={"phase": "Runing"})
+    with pytest.raises(pydantic.ValidationError):
+        status_patch({}, bad)
+
+
+def test_observed_generation_moves_only_when_the_job_reflects_the_spec() -> None:
+    behind = _status(_job(generation=3, active=2, ready=2), generation=4)
+    assert behind["observedGeneration"] == 3
+    reconciling = next(c for c in behind["conditions"] if c["type"] == "Reconciling")
+    assert reconciling["status"] == "True" and reconciling["reason"] == "SpecChanging"
+    caught_up = _status(_job(generation=4, active=2, ready=2), generation=4)
+    assert caught_up["observedGeneration"] == 4
+    assert all(c["observedGeneration"] == 4 for c in caught_up["conditions"])
+
+
+def test_restarts_include_the_failures_of_a_replaced_job() -> None:
+    job = _job(active=2, ready=2, failed=1, annotations={PREVIOUS_FAILURES_ANNOTATION: "2"})
+    assert _status(job)["restarts"] == 3
 
 
 def test_events_for_each_transition() -> None:
@@ -108,6 +160,12 @@ def test_pod_failure_reason_reads_the_latest_terminated_container() -> None:
     pods = [pod("Error", 1, "2026-01-01T00:00:00Z"), pod("OOMKilled", 137, "2026-01-01T00:05:00Z")]
     assert pod_failure_reason(pods) == "OOMKilled (exit code 137)"
     assert pod_failure_reason([{"status": {"phase": "Running"}}]) is None
+
+
+def test_pod_failure_reason_carries_the_last_line_of_the_termination_message() -> None:
+    term = {"reason": "Error", "exitCode": 75, "finishedAt": "t", "message": "loading data\nS3 503: SlowDown\n"}
+    pod = {"status": {"phase": "Failed", "containerStatuses": [{"state": {"terminated": term}}]}}
+    assert pod_failure_reason([pod]) == "Error (exit code 75): S3 503: SlowDown"
 
 
 def test_preflight_names_a_missing_volume_claim() -> None:
