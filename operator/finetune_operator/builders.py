@@ -42,6 +42,7 @@ from finetune_api.contract import (
     OUTPUT_DIR,
     PERMANENT_EXIT_CODES,
     PLURAL,
+    RETRYABLE_EXIT_CODES,
     STATUS_SUBRESOURCE,
     TRAINER_APP,
     TRAINER_CONTAINER,
@@ -252,6 +253,28 @@ def _pod_metadata(parent: Parent, spec: FineTuneJobSpec, settings: OperatorSetti
     return meta
 
 
+def pod_failure_policy() -> dict[str, Any]:
+    """What the Job does when a trainer pod fails, by the trainer's exit code (finetune_api.contract)."""
+
+    def on_codes(action: str, codes: tuple[int, ...]) -> dict[str, Any]:
+        return {
+            "action": action,
+            "onExitCodes": {"containerName": TRAINER_CONTAINER, "operator": "In", "values": list(codes)},
+        }
+
+    return {
+        "rules": [
+            # Preemption, node drain, eviction: not the job's fault, do not count it.
+            {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
+            # The trainer said the spec or the data is wrong: retrying cannot help.
+            on_codes("FailJob", PERMANENT_EXIT_CODES),
+            # A transient failure outlasted the trainer's own retries: run the pod again, within
+            # backoffLimit, resuming from the last checkpoint (what any other failure gets too).
+            on_codes("Count", RETRYABLE_EXIT_CODES),
+        ]
+    }
+
+
 def build_job(parent: Parent, spec: FineTuneJobSpec, settings: OperatorSettings) -> dict[str, Any]:
     """The Indexed batch/v1 Job: one pod per node, each running torchrun over its GPUs."""
     names = child_names(parent)
@@ -285,6 +308,10 @@ def build_job(parent: Parent, spec: FineTuneJobSpec, settings: OperatorSettings)
                     "allowPrivilegeEscalation": False,
                     "capabilities": {"drop": ["ALL"]},
                 },
+                # The trainer writes why it failed to the termination log; if it could not (a crash),
+                # the last lines of its log stand in, so the reason reaches the pod's status and the
+                # FineTuneJob's Restarted event.
+                "terminationMessagePolicy": "FallbackToLogsOnError",
                 "volumeMounts": [
                     {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
                     {"name": "workspace", "mountPath": WORKSPACE},
@@ -308,21 +335,7 @@ def build_job(parent: Parent, spec: FineTuneJobSpec, settings: OperatorSettings)
         "parallelism": r.nodes,
         "backoffLimit": rp.backoff_limit,
         "suspend": rp.suspend,
-        "podFailurePolicy": {
-            "rules": [
-                # Preemption, node drain, eviction: not the job's fault, do not count it.
-                {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
-                # The trainer said the spec or the data is wrong: retrying cannot help.
-                {
-                    "action": "FailJob",
-                    "onExitCodes": {
-                        "containerName": TRAINER_CONTAINER,
-                        "operator": "In",
-                        "values": list(PERMANENT_EXIT_CODES),
-                    },
-                },
-            ]
-        },
+        "podFailurePolicy": pod_failure_policy(),
         "template": {"metadata": _pod_metadata(parent, spec, settings), "spec": pod_spec},
     }
     if rp.active_deadline_seconds is not None:

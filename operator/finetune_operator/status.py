@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from finetune_api.contract import JOB_LABEL
+from finetune_api.contract import JOB_LABEL, exit_code
 from finetune_api.status import Condition, FineTuneJobStatus, Phase
 from finetune_api.status import status_patch as wire_status
 from finetune_operator.updates import is_finished, previous_failures, reflected_generation
@@ -193,7 +193,10 @@ def pod_failure_reason(pods: list[dict[str, Any]]) -> str | None:
             term = (cs.get("state") or {}).get("terminated")
             if term:
                 when = term.get("finishedAt") or ""
-                text = f"{term.get('reason') or 'Error'} (exit code {term.get('exitCode')})"
+                code = term.get("exitCode")
+                declared = exit_code(code) if isinstance(code, int) and code else None
+                meaning = f", {declared.name}" if declared else ""
+                text = f"{term.get('reason') or 'Error'} (exit code {code}{meaning})"
                 lines = [line.strip() for line in (term.get("message") or "").splitlines() if line.strip()]
                 if lines:
                     text += f": {lines[-1][:300]}"

@@ -148,12 +148,22 @@ def test_config_map_carries_the_resolved_spec_the_trainer_reads() -> None:
     assert spec_from_document(yaml.safe_load(config_map["data"]["job.yaml"])) == spec
 
 
-def test_pod_failure_policy_ignores_disruptions_and_fails_fast_on_permanent_exit_codes() -> None:
+def test_pod_failure_policy_ignores_disruptions_fails_fast_on_permanent_and_counts_retryable_codes() -> None:
+    from finetune_api.contract import EXIT_CODES
+
     job = build_job(PARENT, parse_spec(BASE), SETTINGS)
     rules = job["spec"]["podFailurePolicy"]["rules"]
     assert rules[0] == {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]}
     assert rules[1]["action"] == "FailJob" and rules[1]["onExitCodes"]["values"] == [3, 4]
+    assert rules[2]["action"] == "Count" and rules[2]["onExitCodes"]["values"] == [75]
+    # Every failing code the trainer declares is either failed at once or counted, as it declares.
+    for code in EXIT_CODES:
+        if code.code:
+            (rule,) = [r for r in rules[1:] if code.code in r["onExitCodes"]["values"]] or [None]
+            assert rule is None or (rule["action"] == "FailJob") == code.permanent, code
     assert job["spec"]["template"]["spec"]["restartPolicy"] == "Never"
+    container = job["spec"]["template"]["spec"]["containers"][0]
+    assert container["terminationMessagePolicy"] == "FallbackToLogsOnError"
 
 
 def test_pods_run_as_non_root_without_privileges() -> None:

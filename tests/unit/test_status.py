@@ -165,7 +165,7 @@ def test_pod_failure_reason_reads_the_latest_terminated_container() -> None:
 def test_pod_failure_reason_carries_the_last_line_of_the_termination_message() -> None:
     term = {"reason": "Error", "exitCode": 75, "finishedAt": "t", "message": "loading data\nS3 503: SlowDown\n"}
     pod = {"status": {"phase": "Failed", "containerStatuses": [{"state": {"terminated": term}}]}}
-    assert pod_failure_reason([pod]) == "Error (exit code 75): S3 503: SlowDown"
+    assert pod_failure_reason([pod]) == "Error (exit code 75, TemporaryFailure): S3 503: SlowDown"
 
 
 def test_preflight_names_a_missing_volume_claim() -> None:
