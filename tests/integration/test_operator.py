@@ -194,6 +194,31 @@ def test_retryable_failure_restarts_and_counts(operator: OperatorProcess, kube_n
     assert "Restarted" in reasons
 
 
+def test_retryable_exit_code_is_counted_with_the_reason_in_the_restarted_event(
+    operator: OperatorProcess, kube_namespace: str
+) -> None:
+    kube, ns = operator.kube, kube_namespace
+    manifest = with_pods(
+        ftj("transient", resources={"nodes": 1}, runPolicy={"backoffLimit": 1}),
+        result="Failed",
+        exit_code="75",
+        message="loading data\nS3 GetObject failed after 5 attempts: 503 SlowDown",
+        delay="1s",
+    )
+    kube.kubectl("apply", "-n", ns, "-f", "-", input=manifest)
+    kube.kubectl("wait", "--for=condition=Failed", "ftj/transient", "-n", ns, "--timeout=120s")
+    obj = get(kube, ns, "ftj", "transient")
+    assert obj["status"]["restarts"] == 2  # retried once (backoffLimit 1), not failed at once
+    assert obj["status"]["message"].startswith("BackoffLimitExceeded")
+
+    def restarted() -> list[str]:
+        out = kube.kubectl_json("get", "events", "-n", ns, "--field-selector", "involvedObject.name=transient")
+        return [e["message"] for e in out["items"] if e["reason"] == "Restarted"]
+
+    messages = wait_for("the Restarted event", restarted, timeout=20)
+    assert any("exit code 75, TemporaryFailure" in m and "503 SlowDown" in m for m in messages), messages
+
+
 def test_suspend_and_resume(operator: OperatorProcess, kube_namespace: str) -> None:
     kube, ns = operator.kube, kube_namespace
     kube.kubectl("apply", "-n", ns, "-f", "-", input=with_pods(ftj("sus", runPolicy={"suspend": True}), delay="60s"))
