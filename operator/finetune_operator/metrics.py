@@ -20,12 +20,12 @@ _phases: dict[tuple[str, str], str] = {}
 PHASES = ("Pending", "Running", "Succeeded", "Failed", "Suspended")
 
 
-def _publish() -> None:
-    counts = dict.fromkeys(PHASES, 0)
-    for phase in _phases.values():
-        counts[phase] = counts.get(phase, 0) + 1
-    for phase, count in counts.items():
-        JOBS.labels(phase=phase).set(count)
+def _move(old: str | None, new: str | None) -> None:
+    # Only the two phases involved change, so a status refresh costs the same at 10 or 10,000 jobs.
+    if old is not None:
+        JOBS.labels(phase=old).dec()
+    if new is not None:
+        JOBS.labels(phase=new).inc()
 
 
 def observe_phase(namespace: str, name: str, phase: str | None) -> None:
@@ -33,15 +33,17 @@ def observe_phase(namespace: str, name: str, phase: str | None) -> None:
     if phase is None:
         return
     with _lock:
-        _phases[(namespace, name)] = phase
-        _publish()
+        old = _phases.get((namespace, name))
+        if old != phase:
+            _phases[(namespace, name)] = phase
+            _move(old, phase)
 
 
 def forget(namespace: str, name: str) -> None:
     """Remove a deleted job from the gauge."""
     with _lock:
-        _phases.pop((namespace, name), None)
-        _publish()
+        _move(_phases.pop((namespace, name), None), None)
 
 
-_publish()  # every phase is exported from the start, at 0
+for _phase in PHASES:  # every phase is exported from the start, at 0
+    JOBS.labels(phase=_phase).set(0)

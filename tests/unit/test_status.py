@@ -177,3 +177,22 @@ def test_preflight_names_a_missing_volume_claim() -> None:
     (problem,) = preflight_problems(spec, "team-a", lambda name: False)
     assert problem.startswith("spec.resources.volumeClaimName:") and "'models'" in problem
     assert preflight_problems(spec, "team-a", lambda name: name == "models") == []
+
+
+def test_phase_gauge_counts_each_job_once_in_its_current_phase() -> None:
+    from prometheus_client import REGISTRY
+
+    from finetune_operator import metrics
+
+    def gauge(phase: str) -> float:
+        return REGISTRY.get_sample_value("finetune_jobs", {"phase": phase}) or 0.0
+
+    before = {p: gauge(p) for p in metrics.PHASES}
+    metrics.observe_phase("gauge-test", "a", "Pending")
+    metrics.observe_phase("gauge-test", "b", "Pending")
+    metrics.observe_phase("gauge-test", "a", "Running")
+    metrics.observe_phase("gauge-test", "a", "Running")
+    assert gauge("Pending") - before["Pending"] == 1 and gauge("Running") - before["Running"] == 1
+    metrics.forget("gauge-test", "a")
+    metrics.forget("gauge-test", "b")
+    assert {p: gauge(p) for p in metrics.PHASES} == before
