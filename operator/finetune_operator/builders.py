@@ -54,6 +54,8 @@ from finetune_api.spec import FineTuneJobSpec, wire
 from finetune_operator.settings import OperatorSettings
 from finetune_operator.updates import GENERATION_ANNOTATION, TEMPLATE_HASH_ANNOTATION, template_hash
 
+GPU_RESOURCE = "nvidia.com/gpu"  # the extended resource of NVIDIA's device plugin
+
 
 @dataclass(frozen=True)
 class Parent:
@@ -229,7 +231,7 @@ def _resources(spec: FineTuneJobSpec) -> dict[str, Any]:
     r = spec.resources
     amounts: dict[str, Any] = {"cpu": r.cpu, "memory": r.memory}
     if r.gpus_per_node > 0:
-        amounts["nvidia.com/gpu"] = str(r.gpus_per_node)
+        amounts[GPU_RESOURCE] = str(r.gpus_per_node)
     return {"requests": dict(amounts), "limits": dict(amounts)}
 
 

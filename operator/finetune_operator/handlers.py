@@ -27,7 +27,7 @@ from finetune_api.spec import FineTuneJobSpec
 from finetune_api.status import now
 from finetune_api.validation import InvalidSpec, parse_spec
 from finetune_operator import kube, metrics
-from finetune_operator.builders import Parent, build_children
+from finetune_operator.builders import GPU_RESOURCE, Parent, build_children
 from finetune_operator.preflight import preflight_problems
 from finetune_operator.settings import OperatorSettings
 from finetune_operator.status import desired_status, pod_failure_reason, status_patch, transition_events
@@ -89,7 +89,7 @@ def _topology(job: dict[str, Any]) -> tuple[int, int]:
     spec = job.get("spec") or {}
     containers = ((spec.get("template") or {}).get("spec") or {}).get("containers") or [{}]
     limits = (containers[0].get("resources") or {}).get("limits") or {}
-    return int(spec.get("completions") or 1), int(limits.get("nvidia.com/gpu") or 0)
+    return int(spec.get("completions") or 1), int(limits.get(GPU_RESOURCE) or 0)
 
 
 def _sync_status(
