@@ -50,6 +50,16 @@ CHANGES: dict[str, Change] = {
 }
 NEVER = Change("never", "refused by the API server: create a new FineTuneJob")
 
+# On the whole object: a finished job (the operator set status.completionTime) runs nothing more,
+# so no change to its spec could be applied; the API server refuses every one.
+FINISHED_RULE = {
+    "rule": "!has(oldSelf.status) || !has(oldSelf.status.completionTime) || self.spec == oldSelf.spec",
+    "message": "spec cannot change once the job has finished (status.completionTime is set): "
+    "create a new FineTuneJob; it can resume from this one's checkpoints in S3",
+    "fieldPath": ".spec",
+    "reason": "FieldValueForbidden",
+}
+
 
 def change_of(path: str) -> Change:
     """The class of a spec field (wire path below spec, e.g. ``runPolicy.queueName``)."""
@@ -116,7 +126,8 @@ def changes_markdown() -> str:
     """The reference's table: which fields may change when, and how the change is applied."""
     lines = [
         "A field not listed here cannot change once the job exists: the API server refuses the change and "
-        "names the field. `observedGeneration` in the status moves only once the Job reflects the change.",
+        "names the field. `observedGeneration` in the status moves only once the Job reflects the change. "
+        "Once the job has finished (`status.completionTime` set) no field may change.",
         "",
         "| field | may change | applied to |",
         "|---|---|---|",

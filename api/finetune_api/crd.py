@@ -26,6 +26,7 @@ from finetune_api.contract import (
     SHORT_NAME,
     SINGULAR,
 )
+from finetune_api.changes import FINISHED_RULE
 from finetune_api.rules import RULES, Rule
 from finetune_api.spec import FineTuneJobSpec, TaskSpec
 from finetune_api.status import FineTuneJobStatus
@@ -184,6 +185,7 @@ def openapi_schema() -> dict[str, Any]:
         "type": "object",
         "description": "FineTuneJob fine-tunes a model for one task with one method on Kubernetes GPUs.",
         "required": ["spec"],
+        "x-kubernetes-validations": [FINISHED_RULE],
         "properties": {
             "apiVersion": {"type": "string"},
             "kind": {"type": "string"},

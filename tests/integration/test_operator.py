@@ -165,6 +165,10 @@ def test_job_runs_to_succeeded_with_children_conditions_and_events(
     header = table.splitlines()[0].split()
     assert header[:6] == ["NAME", "PHASE", "PROGRESS", "TASK", "METHOD", "NODES×GPUS"], table
     assert "Succeeded" in table and "2x1" in table and "sequence-classification" in table
+    # A finished job runs nothing more: a spec change could not be applied, so it is refused.
+    change = json.dumps({"spec": {"runPolicy": {"backoffLimit": 5}}})
+    out = kube.kubectl("patch", "ftj", "ok", "-n", ns, "--type=merge", "-p", change, check=False)
+    assert out.returncode != 0 and "spec cannot change once the job has finished" in out.stderr, out.stderr
 
 
 def test_permanent_exit_code_fails_at_once_with_a_clear_message(operator: OperatorProcess, kube_namespace: str) -> None:
