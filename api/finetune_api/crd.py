@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel
 
+from finetune_api.changes import FINISHED_RULE
 from finetune_api.contract import (
     API_GROUP,
     API_VERSION,
@@ -26,7 +27,6 @@ from finetune_api.contract import (
     SHORT_NAME,
     SINGULAR,
 )
-from finetune_api.changes import FINISHED_RULE
 from finetune_api.rules import RULES, Rule
 from finetune_api.spec import FineTuneJobSpec, TaskSpec
 from finetune_api.status import FineTuneJobStatus
