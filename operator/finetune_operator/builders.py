@@ -116,7 +116,9 @@ def build_config_map(parent: Parent, spec: FineTuneJobSpec, settings: OperatorSe
         "metadata": {"name": parent.name, "namespace": parent.namespace},
         "spec": wire(spec),
     }
-    data = {JOB_CONFIG_FILE: yaml.safe_dump(manifest, sort_keys=False)}
+    # libyaml's emitter where PyYAML has it: the same text, a tenth of the CPU time.
+    dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+    data = {JOB_CONFIG_FILE: yaml.dump(manifest, Dumper=dumper, sort_keys=False)}
     if resolve_strategy(spec) == "deepspeed":
         # For people reading the ConfigMap: the trainer builds the same config from the same spec
         # (finetune_api.distributed), filling the precision once it knows the GPU.
