@@ -160,7 +160,7 @@ def _apply_change(parent: Parent, children: list[dict[str, Any]], job: dict[str,
             return job, "the Job changed while it was being updated"
         if err.status != 422 or not plan.template:
             raise
-        log.info("recreating Job %s/%s: refused in place: %s", parent.namespace, name, err.body)
+        log.info("recreating Job %s/%s: refused in place (HTTP %s)", parent.namespace, name, err.status)
     # The API server does not allow this template change in place (e.g. nodes or image): recreate the
     # suspended Job; the new pods resume from the last checkpoint.
     kube.delete_job(parent.namespace, name, job["metadata"]["uid"])
