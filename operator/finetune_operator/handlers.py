@@ -28,7 +28,7 @@ from finetune_api.status import now
 from finetune_api.validation import InvalidSpec, parse_spec
 from finetune_operator import kube, metrics
 from finetune_operator.builders import GPU_RESOURCE, Parent, build_children
-from finetune_operator.preflight import preflight_problems
+from finetune_operator.preflight import ClusterView, preflight_problems
 from finetune_operator.settings import OperatorSettings
 from finetune_operator.status import desired_status, pod_failure_reason, status_patch, transition_events
 from finetune_operator.updates import config_map_patch, plan_job, replacement_job, updated_job
@@ -75,13 +75,27 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.execution.max_workers = 32
 
 
-def _spec_and_problems(spec: dict[str, Any], namespace: str) -> tuple[FineTuneJobSpec | None, list[str]]:
+def _spec_and_problems(spec: dict[str, Any]) -> tuple[FineTuneJobSpec | None, list[str]]:
     try:
-        parsed = parse_spec(dict(spec))
+        return parse_spec(dict(spec)), []
     except InvalidSpec as err:
         return None, err.problems
-    problems = preflight_problems(parsed, namespace, lambda claim: kube.pvc_exists(namespace, claim))
-    return (None, problems) if problems else (parsed, [])
+
+
+def _preflight(namespace: str, spec: FineTuneJobSpec, job: dict[str, Any]) -> list[str]:
+    """Before the trainer Job exists: what its pods will refer to must exist."""
+    view = ClusterView(
+        secret_keys=lambda name: kube.secret_keys(namespace, name),
+        pvc_exists=lambda name: kube.pvc_exists(namespace, name),
+        local_queue_exists=lambda name: kube.local_queue_exists(namespace, name),
+        priority_class_exists=kube.priority_class_exists,
+    )
+    return preflight_problems(spec, namespace, job, view)
+
+
+def preflight_retry_delay(retry: int) -> float:
+    """Seconds before a stalled preflight looks again (the missing object may be created): 15 s doubling to 5 min."""
+    return float(min(15 * 2**retry, 300))
 
 
 def _topology(job: dict[str, Any]) -> tuple[int, int]:
@@ -170,27 +184,34 @@ def _apply_change(parent: Parent, children: list[dict[str, Any]], job: dict[str,
     return created, ""
 
 
-def _reconcile(body: dict[str, Any], is_new: bool) -> None:
+def _reconcile(body: dict[str, Any], is_new: bool, retry: int = 0) -> None:
     started = time.monotonic()
     meta = body["metadata"]
     uid, generation = meta["uid"], meta.get("generation")
     ref = {"apiVersion": body["apiVersion"], "kind": body["kind"], "metadata": meta}
     known = _remember(uid, generation, body.get("status") or {})
     try:
-        spec, problems = _spec_and_problems(body.get("spec") or {}, meta["namespace"])
+        spec, problems = _spec_and_problems(body.get("spec") or {})
         if spec is None:
             _sync_status(ref, known, None, _spec_topology(body), problems)
             return
         parent = Parent(meta["name"], meta["namespace"], uid, generation or 1)
         children = build_children(parent, spec, SETTINGS)
-        job = _create(parent, children) if is_new else None
+        name = children[-1]["metadata"]["name"]
+        job = None if is_new else kube.read_job(parent.namespace, name)
         pending = ""
         if job is None:
-            job = kube.read_job(parent.namespace, children[-1]["metadata"]["name"])
-            if job is None:
-                job = _create(parent, children)
-            else:
+            problems = _preflight(parent.namespace, spec, children[-1])
+            if problems:
+                # Stalled now; looked at again with backoff, so the job starts once the object exists.
+                _sync_status(ref, known, None, _spec_topology(body), problems)
+                delay = preflight_retry_delay(retry)
+                raise kopf.TemporaryError(f"preflight: {problems[0]}; checking again in {delay:.0f}s", delay=delay)
+            job = _create(parent, children)
+            if job is None and (job := kube.read_job(parent.namespace, name)) is not None:
                 job, pending = _apply_change(parent, children, job)
+        else:
+            job, pending = _apply_change(parent, children, job)
         _sync_status(ref, known, job, (spec.resources.nodes, spec.resources.gpus_per_node))
         if pending or job is None:
             raise kopf.TemporaryError(pending or "the trainer Job is being replaced", delay=2)
@@ -209,10 +230,11 @@ def _spec_topology(body: dict[str, Any]) -> tuple[int, int]:
 @kopf.on.resume(*FTJ)
 @kopf.on.create(*FTJ)
 @kopf.on.update(*FTJ, field="spec")
-def reconcile(body: kopf.Body, reason: str, **_: Any) -> None:
+def reconcile(body: kopf.Body, reason: str, retry: int, **_: Any) -> None:
     """Create a new FineTuneJob's children, or apply a spec change to them (or find them up to date
-    after a restart), and refresh the status."""
-    _reconcile(dict(body), is_new=reason == kopf.Reason.CREATE)
+    after a restart), and refresh the status. Before the trainer Job exists the preflight checks what it
+    refers to; a job it stalls is checked again with backoff."""
+    _reconcile(dict(body), is_new=reason == kopf.Reason.CREATE, retry=retry)
 
 
 @kopf.on.event("batch", "v1", "jobs", labels={JOB_LABEL: kopf.PRESENT})

@@ -145,6 +145,41 @@ def pvc_exists(namespace: str, name: str) -> bool:
     return _absent_is_none(call) is not None
 
 
+def secret_keys(namespace: str, name: str) -> set[str] | None:
+    """The keys of a Secret (its values are not kept), or None when it does not exist."""
+    try:
+        secret = _core().read_namespaced_secret(name, namespace)
+    except ApiException as err:
+        if err.status == 404:
+            return None
+        raise
+    return set(secret.data or {}) | set(secret.string_data or {})
+
+
+def local_queue_exists(namespace: str, name: str) -> bool:
+    """Whether a Kueue LocalQueue of that name exists (False also when Kueue is not installed)."""
+    try:
+        client.CustomObjectsApi(api_client()).get_namespaced_custom_object(
+            "kueue.x-k8s.io", "v1beta1", namespace, "localqueues", name
+        )
+    except ApiException as err:
+        if err.status == 404:
+            return False
+        raise
+    return True
+
+
+def priority_class_exists(name: str) -> bool:
+    """Whether a PriorityClass of that name exists."""
+    try:
+        client.SchedulingV1Api(api_client()).read_priority_class(name)
+    except ApiException as err:
+        if err.status == 404:
+            return False
+        raise
+    return True
+
+
 def read_finetunejob(namespace: str, name: str) -> dict[str, Any] | None:
     """The FineTuneJob object, or None when it is gone."""
     return _absent_is_none(

@@ -168,17 +168,6 @@ def test_pod_failure_reason_carries_the_last_line_of_the_termination_message() -
     assert pod_failure_reason([pod]) == "Error (exit code 75, TemporaryFailure): S3 503: SlowDown"
 
 
-def test_preflight_names_a_missing_volume_claim() -> None:
-    from finetune_api.validation import parse_spec
-    from finetune_operator.preflight import preflight_problems
-    from tests.invalid_specs import with_changes
-
-    spec = parse_spec(with_changes(resources={"volumeClaimName": "models"}))
-    (problem,) = preflight_problems(spec, "team-a", lambda name: False)
-    assert problem.startswith("spec.resources.volumeClaimName:") and "'models'" in problem
-    assert preflight_problems(spec, "team-a", lambda name: name == "models") == []
-
-
 def test_phase_gauge_counts_each_job_once_in_its_current_phase() -> None:
     from prometheus_client import REGISTRY
 
