@@ -213,4 +213,65 @@ INVALID_SPECS: list[tuple[str, dict[str, Any], str, str]] = [
     ("bad-memory", with_changes(resources={"memory": "lots"}), "spec.resources.memory", "pattern"),
     ("zero-nodes", with_changes(resources={"nodes": 0}), "spec.resources.nodes", "greater than or equal"),
     ("negative-backoff", with_changes(runPolicy={"backoffLimit": -1}), "spec.runPolicy.backoffLimit", "greater"),
+    # Throughput options: refused where the device, precision, task or method cannot use them.
+    ("unknown-attention", with_changes(training={"attention": "xformers"}), "spec.training.attention", "sdpa"),
+    (
+        "flash-attention-on-cpu",
+        with_changes(resources={"gpusPerNode": 0}, training={"attention": "flash_attention_2"}),
+        "spec.training.attention",
+        "GPUs in bf16 or fp16",
+    ),
+    (
+        "flash-attention-in-fp32",
+        with_changes(training={"attention": "flash_attention_2", "precision": "fp32"}),
+        "spec.training.attention",
+        "bf16 or fp16",
+    ),
+    (
+        "flex-attention-on-cpu",
+        with_changes(resources={"gpusPerNode": 0}, training={"attention": "flex_attention"}),
+        "spec.training.attention",
+        "no backward pass on CPU",
+    ),
+    (
+        "padding-free-sequence-classification",
+        with_changes(training={"paddingFree": True}),
+        "spec.training.paddingFree",
+        "one position per example",
+    ),
+    (
+        "padding-free-preference",
+        with_changes(task={"type": "preference", "labels": []}, training={"paddingFree": True}),
+        "spec.training.paddingFree",
+        "DPOTrainer",
+    ),
+    (
+        "padding-free-encoder-with-sdpa",
+        with_changes(
+            task={"type": "token-classification", "labels": ["O", "B-X"]},
+            training={"paddingFree": True, "attention": "sdpa"},
+        ),
+        "spec.training.paddingFree",
+        "flash_attention_2",
+    ),
+    (
+        "padding-free-prompt-tuning",
+        with_changes(
+            task={"type": "causal-lm", "labels": []}, method={"type": "prompt-tuning"}, training={"paddingFree": True}
+        ),
+        "spec.training.paddingFree",
+        "soft prompt",
+    ),
+    (
+        "liger-on-cpu",
+        with_changes(resources={"gpusPerNode": 0}, training={"ligerKernels": True}),
+        "spec.training.ligerKernels",
+        "gpusPerNode",
+    ),
+    (
+        "compile-on-cpu",
+        with_changes(resources={"gpusPerNode": 0}, training={"compile": True}),
+        "spec.training.compile",
+        "gpusPerNode",
+    ),
 ]

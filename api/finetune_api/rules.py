@@ -86,6 +86,8 @@ def _options_only_for(attr: str, method: str) -> Callable[[MethodSpec], bool]:
 
 
 CLASSIFICATION = ["sequence-classification", "token-classification"]
+# Tasks whose batches can be flattened: per-token labels, no per-example pooling.
+PADDING_FREE_TASKS = ["causal-lm", "token-classification"]
 
 RULES: list[Rule] = [
     Rule(
@@ -322,6 +324,71 @@ RULES: list[Rule] = [
         "self.resources.gpusPerNode > 0 || self.training.precision in ['auto', 'fp32']",
         "bf16 and fp16 need GPUs: use precision auto or fp32 with gpusPerNode 0",
         lambda s: s.resources.gpus_per_node > 0 or s.training.precision in ("auto", "fp32"),
+    ),
+    Rule(
+        FineTuneJobSpec,
+        "training.attention",
+        "self.training.attention != 'flash_attention_2' || "
+        "(self.resources.gpusPerNode > 0 && self.training.precision != 'fp32')",
+        "attention flash_attention_2 runs on GPUs in bf16 or fp16: set resources.gpusPerNode to 1 or more and "
+        "precision auto, bf16 or fp16, or use attention auto or sdpa",
+        lambda s: (
+            s.training.attention != "flash_attention_2"
+            or (s.resources.gpus_per_node > 0 and s.training.precision != "fp32")
+        ),
+    ),
+    Rule(
+        FineTuneJobSpec,
+        "training.attention",
+        "self.training.attention != 'flex_attention' || self.resources.gpusPerNode > 0",
+        "attention flex_attention trains on GPUs only (torch's FlexAttention has no backward pass on CPU): set "
+        "resources.gpusPerNode to 1 or more, or use attention auto, sdpa or eager",
+        lambda s: s.training.attention != "flex_attention" or s.resources.gpus_per_node > 0,
+    ),
+    Rule(
+        FineTuneJobSpec,
+        "training.paddingFree",
+        f"!self.training.paddingFree || self.task.type in {_cel_list(PADDING_FREE_TASKS)}",
+        "training.paddingFree applies to causal-lm and token-classification only: sequence-classification and "
+        "question-answering heads read one position per example (the first token, the answer span), which a "
+        "flattened batch does not keep, and TRL 1.16's DPOTrainer has padding-free turned off; remove it",
+        lambda s: not s.training.padding_free or s.task.type in PADDING_FREE_TASKS,
+    ),
+    Rule(
+        FineTuneJobSpec,
+        "training.paddingFree",
+        "!(self.training.paddingFree && self.task.type == 'token-classification') || "
+        "self.training.attention == 'flash_attention_2'",
+        "training.paddingFree for token-classification needs attention flash_attention_2 (on a GPU): under sdpa, "
+        "eager and flex_attention transformers builds an encoder's attention mask without the position ids, so "
+        "the flattened examples would attend to each other",
+        lambda s: (
+            not (s.training.padding_free and s.task.type == "token-classification")
+            or s.training.attention == "flash_attention_2"
+        ),
+    ),
+    Rule(
+        FineTuneJobSpec,
+        "training.paddingFree",
+        "!self.training.paddingFree || self.method.type != 'prompt-tuning'",
+        "training.paddingFree does not combine with method prompt-tuning: the soft prompt is prepended to every "
+        "row, so a flattened batch would get one prompt for all its examples; remove paddingFree",
+        lambda s: not s.training.padding_free or s.method.type != "prompt-tuning",
+    ),
+    Rule(
+        FineTuneJobSpec,
+        "training.ligerKernels",
+        "!self.training.ligerKernels || self.resources.gpusPerNode > 0",
+        "training.ligerKernels are Triton GPU kernels: set resources.gpusPerNode to 1 or more, or remove it",
+        lambda s: not s.training.liger_kernels or s.resources.gpus_per_node > 0,
+    ),
+    Rule(
+        FineTuneJobSpec,
+        "training.compile",
+        "!self.training.compile || self.resources.gpusPerNode > 0",
+        "training.compile (torch.compile) is for GPUs: on CPU it compiles for minutes for little gain; set "
+        "resources.gpusPerNode to 1 or more, or remove it",
+        lambda s: not s.training.compile or s.resources.gpus_per_node > 0,
     ),
     Rule(
         FineTuneJobSpec,

@@ -48,7 +48,11 @@ Scheduler = Literal[
     "constant_with_warmup",
     "inverse_sqrt",
 ]
-Optimizer = Literal["adamw_torch", "adamw_torch_fused", "adafactor", "sgd", "paged_adamw_8bit", "adamw_bnb_8bit"]
+Optimizer = Literal[
+    "auto", "adamw_torch", "adamw_torch_fused", "adafactor", "sgd", "paged_adamw_8bit", "adamw_bnb_8bit"
+]
+# transformers' attn_implementation names; auto picks the fastest the model, dtype and device support.
+Attention = Literal["auto", "sdpa", "flash_attention_2", "flex_attention", "eager"]
 DistributedStrategy = Literal["auto", "ddp", "deepspeed", "fsdp"]
 Reporter = Literal["tensorboard", "mlflow", "wandb"]
 
@@ -315,7 +319,11 @@ class TrainingSpec(ApiModel):
     weight_decay: float = Field(default=0.0, ge=0, le=1, description="AdamW weight decay.")
     max_grad_norm: float = Field(default=1.0, ge=0, le=1000, description="Gradient clipping norm; 0 turns it off.")
     optimizer: Optimizer = Field(
-        default="adamw_torch", description="Optimiser; paged_adamw_8bit suits qlora on small GPUs."
+        default="auto",
+        description=(
+            "Optimiser. auto: fused AdamW (adamw_torch_fused) on GPUs, adamw_torch on CPU; "
+            "paged_adamw_8bit suits qlora on small GPUs."
+        ),
     )
     max_seq_length: int = Field(default=256, ge=8, le=131072, description="Tokens per example after truncation.")
     precision: Precision = Field(
@@ -357,6 +365,33 @@ class TrainingSpec(ApiModel):
         default=None, ge=1, le=1000, description="Stop after this many evaluations without improvement."
     )
     packing: bool = Field(default=False, description="causal-lm only: pack several examples into one sequence.")
+    attention: Attention = Field(
+        default="auto",
+        description=(
+            "Attention kernel (transformers' attn_implementation). auto: flash_attention_2 on a GPU in bf16/fp16 "
+            "where the flash-attn package and the model support it, else sdpa where the model supports it, else "
+            "eager. flash_attention_2 needs a GPU and bf16 or fp16, flex_attention a GPU. The choice is recorded "
+            "in status.runtime."
+        ),
+    )
+    padding_free: bool = Field(
+        default=False,
+        description=(
+            "Lay each batch's examples end to end in one row (no padding; position ids restart per example; no "
+            "attention across examples). causal-lm (any attention) and token-classification (attention "
+            "flash_attention_2) only; with packing, causal-lm batches are padding-free already."
+        ),
+    )
+    liger_kernels: bool = Field(
+        default=False,
+        description=(
+            "GPU only: Liger's Triton kernels (RMSNorm, RoPE, SwiGLU, fused linear cross-entropy) on the "
+            "architectures liger-kernel supports (Llama, Mistral, Qwen, Gemma, ...)."
+        ),
+    )
+    compile: bool = Field(
+        default=False, description="GPU only: compile the model with torch.compile (slower start, faster steps)."
+    )
     dpo: DpoOptions | None = Field(default=None, description="preference only: DPO settings.")
     report_to: list[Reporter] = Field(default_factory=list, max_length=3, description="Experiment trackers to log to.")
 

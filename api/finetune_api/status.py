@@ -57,6 +57,17 @@ class Parameters(ApiModel):
     total: int = Field(ge=0, description="All parameters (4-bit weights counted as peft counts them).")
 
 
+class Runtime(ApiModel):
+    """What the trainer chose for the spec's throughput options on its device (auto resolved)."""
+
+    attention: Name | None = Field(default=None, description="Attention kernel in use, e.g. sdpa.")
+    padding_free: bool | None = Field(default=None, description="Batches flattened without padding.")
+    liger_kernels: bool | None = Field(default=None, description="Liger kernels applied to the model.")
+    compile: bool | None = Field(default=None, description="Model compiled with torch.compile.")
+    optimizer: Name | None = Field(default=None, description="Optimiser in use, e.g. adamw_torch_fused.")
+    precision: Name | None = Field(default=None, description="Precision in use: bf16, fp16 or fp32.")
+
+
 class Artifacts(ApiModel):
     """Where the results are."""
 
@@ -129,6 +140,9 @@ class FineTuneJobStatus(ApiModel):
     artifacts: Artifacts | None = Field(default=None, description="Result URIs.")
     memory_estimate: MemoryEstimate | None = Field(
         default=None, description="GPU-memory estimate per GPU, fit verdict and alternatives (before the job starts)."
+    )
+    runtime: Runtime | None = Field(
+        default=None, description="Attention, padding-free, Liger, compile, optimiser and precision in use."
     )
     message: LongText | None = Field(default=None, description="The current state or error, in one line.")
 

@@ -102,6 +102,13 @@ def resolve_precision(requested: str, device: DeviceCapability) -> ResolvedPreci
     return "bf16" if requested == "bf16" else "fp16"
 
 
+def resolve_optimizer(requested: str, device: DeviceCapability) -> str:
+    """auto -> fused AdamW on GPUs (one kernel per parameter group instead of one per tensor), AdamW on CPU."""
+    if requested != "auto":
+        return requested
+    return "adamw_torch_fused" if device.kind == "gpu" else "adamw_torch"
+
+
 def training_kwargs(
     spec: FineTuneJobSpec,
     output_dir: str | Path,
@@ -135,7 +142,7 @@ def training_kwargs(
         "lr_scheduler_type": t.lr_scheduler,
         "weight_decay": t.weight_decay,
         "max_grad_norm": t.max_grad_norm,
-        "optim": t.optimizer,
+        "optim": resolve_optimizer(t.optimizer, device),
         # Precision and memory
         "bf16": precision == "bf16",
         "fp16": precision == "fp16",
@@ -159,6 +166,10 @@ def training_kwargs(
         # checkpointing also works when only adapters train (frozen inputs without requires_grad).
         kwargs["activation_checkpointing"] = True
         kwargs["activation_checkpointing_kwargs"] = {"use_reentrant": False}
+    if t.liger_kernels:
+        kwargs["use_liger_kernel"] = True  # the Trainer patches the model with liger-kernel's kernels
+    if t.compile:
+        kwargs["torch_compile"] = True
     if t.eval_strategy == "steps":
         kwargs["eval_steps"] = t.eval_steps
     if t.save_strategy == "steps":

@@ -42,6 +42,7 @@ from finetune_api.spec import (
 )
 from finetune_api.status import FineTuneJobStatus, Parameters
 from finetune_api.validation import load_spec_file
+from finetune_trainer import kernels
 from finetune_trainer.arguments import DeviceCapability, WorldInfo, resolve_precision, training_kwargs
 from finetune_trainer.data import load_datasets, load_retry_seconds
 from finetune_trainer.errors import ConfigError, RetryableError, retry_transient
@@ -228,6 +229,7 @@ def _train(
     task = get_task(spec.task.type)
     method = get_method(spec.method.type)
     device = DeviceCapability.detect()
+    kernels.check_gpu_options(spec, device)
 
     model_path = resolve_model_location(spec.model, spec.output.s3)
     tokenizer = load_tokenizer(spec, model_path)
@@ -249,10 +251,19 @@ def _train(
 
     # The head is initialised randomly: seed it so reruns (and resumes) start from the same weights.
     set_seed(spec.training.seed)
-    model = load_pretrained(
-        spec, f"a model from {model_path}", lambda: task.load_model(spec, model_path, method.load_kwargs(spec))
+    load_kwargs = method.load_kwargs(spec)
+    model = kernels.load_with_attention(
+        lambda attention: load_pretrained(
+            spec,
+            f"a model from {model_path}",
+            lambda: task.load_model(spec, model_path, {**load_kwargs, **attention}),
+        ),
+        spec,
+        device,
+        resolve_precision(spec.training.precision, device),
     )
     check_sequence_length(spec, model, tokenizer)
+    kernels.check_liger(spec, model)
     model = method.prepare(spec, model, PEFT_TASK_TYPES[spec.task.type])
     if isinstance(method, HasRunHooks):
         method.start(spec, model, out, world.is_main)
@@ -279,6 +290,10 @@ def _train(
         callbacks=all_callbacks,
     )
     trainer = task.build_trainer(ctx, model)
+    runtime = kernels.runtime(trainer)
+    log.info("runtime: %s", ", ".join(f"{k} {v}" for k, v in runtime.items()))
+    if reporter is not None:
+        reporter.update({"runtime": runtime})
 
     checkpoint = latest_checkpoint(out)
     if s3_output is not None:
@@ -303,7 +318,7 @@ def _train(
     if trainer.is_world_process_zero():
         out.mkdir(parents=True, exist_ok=True)
         (out / METRICS_FILE).write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
-        resolved = resolved_spec(spec, metric, trainer.model)
+        resolved = resolved_spec(spec, metric, trainer.model, runtime)
         (out / RESOLVED_SPEC_FILE).write_text(yaml.safe_dump(wire(resolved), sort_keys=False))
     if s3_output is not None:
         s3_output.finish(trainer, metrics, model_path=model_path)  # final artifacts and manifest to S3
@@ -315,9 +330,15 @@ def run(spec: FineTuneJobSpec, output_dir: str | Path) -> dict[str, Any]:
     return train(spec, output_dir).metrics
 
 
-def resolved_spec(spec: FineTuneJobSpec, metric: str, model: Any) -> FineTuneJobSpec:
-    """The spec with the defaults the run chose written in: best-model metric, method options, LoRA targets."""
-    training = spec.training.model_copy(update={"metric_for_best_model": metric})
+def resolved_spec(
+    spec: FineTuneJobSpec, metric: str, model: Any, runtime: dict[str, Any] | None = None
+) -> FineTuneJobSpec:
+    """The spec with the defaults the run chose written in: best-model metric, method options, LoRA targets,
+    and (from ``runtime``) the attention kernel and optimiser that auto resolved to."""
+    update: dict[str, Any] = {"metric_for_best_model": metric}
+    if runtime:
+        update.update(attention=runtime["attention"], optimizer=runtime["optimizer"])
+    training = spec.training.model_copy(update=update)
     method = spec.method
     if method.type in ("lora", "qlora"):
         lora = method.lora or LoraOptions()

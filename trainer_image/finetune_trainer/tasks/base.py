@@ -127,6 +127,21 @@ def pad_multiple(ctx: RunContext) -> int | None:
     return 8 if mixed else None
 
 
+def flattening_collator(model: Any) -> Any:
+    """transformers' padding-free collator: a batch's examples end to end in one row, position ids per example.
+
+    RoBERTa-like embeddings number positions from ``padding_idx + 1``; the collator is told so, or every
+    position embedding would shift by two.
+    """
+    from transformers import DataCollatorWithFlattening
+
+    base = getattr(model, "get_base_model", lambda: model)()
+    embeddings = getattr(getattr(base, "base_model", base), "embeddings", None)
+    padding_idx = getattr(embeddings, "padding_idx", None)
+    start = padding_idx + 1 if isinstance(padding_idx, int) else 0
+    return DataCollatorWithFlattening(position_ids_start=start)
+
+
 class LabelIndex:
     """Label names or ids -> ids, in the order of task.labels.
 

@@ -14,11 +14,14 @@ Formats (``task.format``; columns from ``task.columns`` over the defaults in ``T
 
 Packing (``training.packing``) uses TRL's best-fit-decreasing packing into ``maxSeqLength`` blocks,
 padding-free: each packed document keeps its own position ids, and its own labels (so prompt tokens
-stay out of the loss). Evaluation reports ``eval_loss`` and ``eval_perplexity`` (= exp(eval_loss)).
+stay out of the loss). ``training.paddingFree`` without packing lays each batch's examples end to end in one
+row (TRL's padding-free collator; position ids restart per example, so no attention crosses examples).
+Evaluation reports ``eval_loss`` and ``eval_perplexity`` (= exp(eval_loss)).
 """
 
 from __future__ import annotations
 
+import copy
 import functools
 import json
 import logging
@@ -280,6 +283,7 @@ class CausalLmTask:
             eval_dataset=evaluation,
             processing_class=tokenizer,
             callbacks=list(ctx.callbacks),
+            truncate_to=spec.training.max_seq_length if config.max_length is None else None,
         )
         check_kept_examples(spec, "train", train.num_rows, trainer.train_dataset)
         if evaluation is not None:
@@ -376,10 +380,14 @@ def sft_config(ctx: RunContext, **overrides: Any) -> Any:
 
     spec = ctx.spec
     kwargs = trl_config_kwargs(ctx)
+    # TRL's bfd packing is padding-free by itself; without packing, TRL flattens each batch when padding_free is
+    # set, but then refuses max_length (it is applied in _prepare_dataset instead, see perplexity_sft_trainer).
+    flatten_only = spec.training.padding_free and not spec.training.packing
     kwargs.update(
-        max_length=spec.training.max_seq_length,
+        max_length=None if flatten_only else spec.training.max_seq_length,
         packing=spec.training.packing,
         packing_strategy="bfd",
+        padding_free=spec.training.padding_free,
         dataset_text_field="text",
     )
     kwargs.update(overrides)
@@ -397,7 +405,20 @@ def perplexity_sft_trainer() -> type:
     from trl import SFTTrainer
 
     class PerplexitySFTTrainer(SFTTrainer):
-        """SFTTrainer whose evaluation logs also carry the perplexity."""
+        """SFTTrainer whose evaluation logs also carry the perplexity, and which truncates padding-free data."""
+
+        def __init__(self, *args: Any, truncate_to: int | None = None, **kwargs: Any) -> None:
+            # Read by _prepare_dataset, which the parent's __init__ calls.
+            self._truncate_to = truncate_to
+            super().__init__(*args, **kwargs)
+
+        def _prepare_dataset(self, dataset: Any, processing_class: Any, args: Any, *rest: Any) -> Any:
+            if self._truncate_to is not None:
+                # Padding-free without packing: TRL refuses max_length in the config, so its own truncation (and
+                # its dropping of examples left without a trainable token) runs here with a copy that has it.
+                args = copy.copy(args)
+                args.max_length = self._truncate_to
+            return super()._prepare_dataset(dataset, processing_class, args, *rest)
 
         def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
             # Trainer.evaluate logs and returns the same dict, so the metric reaches both the log history

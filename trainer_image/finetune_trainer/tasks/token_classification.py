@@ -20,6 +20,7 @@ from finetune_trainer.tasks.base import (
     LabelIndex,
     RunContext,
     column_roles_for,
+    flattening_collator,
     pad_multiple,
     pretrained_kwargs,
     training_arguments,
@@ -123,7 +124,7 @@ class TokenClassificationTask:
         return dataset.map(tokenize, batched=True, remove_columns=dataset.column_names, desc="Tokenising")
 
     def build_trainer(self, ctx: RunContext, model: Any) -> Trainer:
-        """A Trainer whose collator pads inputs and labels (with -100) per batch."""
+        """A Trainer whose collator pads inputs and labels (with -100) per batch, or flattens it (paddingFree)."""
         from transformers import DataCollatorForTokenClassification, Trainer
 
         args = training_arguments(ctx, label_names=["labels"])
@@ -132,10 +133,15 @@ class TokenClassificationTask:
             evaluation = (
                 self.preprocess(ctx.spec, ctx.datasets["eval"], ctx.tokenizer) if "eval" in ctx.datasets else None
             )
+        collator: Any = (
+            flattening_collator(model)
+            if ctx.spec.training.padding_free
+            else DataCollatorForTokenClassification(ctx.tokenizer, pad_to_multiple_of=pad_multiple(ctx))
+        )
         return Trainer(
             model=model,
             args=args,
-            data_collator=DataCollatorForTokenClassification(ctx.tokenizer, pad_to_multiple_of=pad_multiple(ctx)),
+            data_collator=collator,
             train_dataset=train,
             eval_dataset=evaluation,
             processing_class=ctx.tokenizer,
