@@ -148,7 +148,7 @@ class FineTuneJobStatus(ApiModel):
 
 
 # The fields each side writes; a status patch of one side never names the other's.
-TRAINER_FIELDS = frozenset({"progress", "metrics", "parameters", "artifacts"})
+TRAINER_FIELDS = frozenset({"progress", "metrics", "parameters", "artifacts", "runtime"})
 OPERATOR_FIELDS = frozenset(FineTuneJobStatus.model_fields) - TRAINER_FIELDS
 
 

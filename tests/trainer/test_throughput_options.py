@@ -14,7 +14,6 @@ import pytest
 import yaml
 
 from finetune_api.spec import TrainingSpec
-from finetune_api.status import FineTuneJobStatus
 from finetune_api.validation import parse_spec
 from finetune_trainer import kernels
 from finetune_trainer.arguments import DeviceCapability, WorldInfo, resolve_optimizer, training_kwargs
@@ -180,6 +179,5 @@ def test_padding_free_causal_lm_trains_and_reports_its_choices(
     }
     runtime = next(s["runtime"] for s in sent if "runtime" in s)
     assert runtime == expected
-    assert FineTuneJobStatus.model_validate({"runtime": runtime}).runtime is not None
     resolved = yaml.safe_load((tmp_path / "run" / engine.RESOLVED_SPEC_FILE).read_text())
     assert (resolved["training"]["attention"], resolved["training"]["optimizer"]) == ("sdpa", "adamw_torch")

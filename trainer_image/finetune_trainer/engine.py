@@ -40,7 +40,7 @@ from finetune_api.spec import (
     QuantizationOptions,
     wire,
 )
-from finetune_api.status import FineTuneJobStatus, Parameters
+from finetune_api.status import FineTuneJobStatus, Parameters, Runtime
 from finetune_api.validation import load_spec_file
 from finetune_trainer import kernels
 from finetune_trainer.arguments import DeviceCapability, WorldInfo, resolve_precision, training_kwargs
@@ -291,9 +291,9 @@ def _train(
     )
     trainer = task.build_trainer(ctx, model)
     runtime = kernels.runtime(trainer)
-    log.info("runtime: %s", ", ".join(f"{k} {v}" for k, v in runtime.items()))
+    log.info("runtime: %s", ", ".join(f"{k} {v}" for k, v in wire(runtime).items()))
     if reporter is not None:
-        reporter.update({"runtime": runtime})
+        reporter.update(FineTuneJobStatus(runtime=runtime))
 
     checkpoint = latest_checkpoint(out)
     if s3_output is not None:
@@ -330,14 +330,12 @@ def run(spec: FineTuneJobSpec, output_dir: str | Path) -> dict[str, Any]:
     return train(spec, output_dir).metrics
 
 
-def resolved_spec(
-    spec: FineTuneJobSpec, metric: str, model: Any, runtime: dict[str, Any] | None = None
-) -> FineTuneJobSpec:
+def resolved_spec(spec: FineTuneJobSpec, metric: str, model: Any, runtime: Runtime | None = None) -> FineTuneJobSpec:
     """The spec with the defaults the run chose written in: best-model metric, method options, LoRA targets,
     and (from ``runtime``) the attention kernel and optimiser that auto resolved to."""
     update: dict[str, Any] = {"metric_for_best_model": metric}
-    if runtime:
-        update.update(attention=runtime["attention"], optimizer=runtime["optimizer"])
+    if runtime is not None:
+        update.update(attention=runtime.attention, optimizer=runtime.optimizer)
     training = spec.training.model_copy(update=update)
     method = spec.method
     if method.type in ("lora", "qlora"):

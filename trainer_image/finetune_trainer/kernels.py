@@ -17,6 +17,7 @@ from finetune_trainer.errors import ConfigError
 
 if TYPE_CHECKING:
     from finetune_api.spec import FineTuneJobSpec
+    from finetune_api.status import Runtime
     from finetune_trainer.arguments import DeviceCapability
 
 log = logging.getLogger(__name__)
@@ -109,9 +110,11 @@ def check_liger(spec: FineTuneJobSpec, model: Any) -> None:
         )
 
 
-def runtime(trainer: Any) -> dict[str, Any]:
-    """What this run uses, as ``status.runtime`` (camelCase) reports it: read back from the built trainer."""
+def runtime(trainer: Any) -> Runtime:
+    """What this run uses, for ``status.runtime``: read back from the built trainer, not from the spec."""
     from transformers import DataCollatorWithFlattening
+
+    from finetune_api.status import Runtime
 
     args = trainer.args
     config = getattr(trainer.model, "config", None)
@@ -119,11 +122,11 @@ def runtime(trainer: Any) -> dict[str, Any]:
     padding_free = bool(getattr(trainer, "padding_free", False)) or isinstance(
         trainer.data_collator, DataCollatorWithFlattening
     )
-    return {
-        "attention": getattr(config, "_attn_implementation", None),
-        "paddingFree": padding_free,
-        "ligerKernels": bool(args.use_liger_kernel),
-        "compile": bool(args.torch_compile),
-        "optimizer": str(getattr(args.optim, "value", args.optim)),
-        "precision": "bf16" if args.bf16 else "fp16" if args.fp16 else "fp32",
-    }
+    return Runtime(
+        attention=getattr(config, "_attn_implementation", None),
+        padding_free=padding_free,
+        liger_kernels=bool(args.use_liger_kernel),
+        compile=bool(args.torch_compile),
+        optimizer=str(getattr(args.optim, "value", args.optim)),
+        precision="bf16" if args.bf16 else "fp16" if args.fp16 else "fp32",
+    )
