@@ -186,7 +186,7 @@ def model_tensors(spec: FineTuneJobSpec, shape: ModelShape) -> list[Tensor]:
 def optimizer_state_bytes(tensor: Tensor, optimizer: str) -> int:
     """Bytes one trainable tensor's optimizer state takes after the first step."""
     n = tensor.numel
-    if optimizer in ("adamw_torch", "adamw_torch_fused"):
+    if optimizer in ("auto", "adamw_torch", "adamw_torch_fused"):  # auto is AdamW (fused on GPUs)
         return 2 * tensor.nbytes + 4  # exp_avg, exp_avg_sq, and a float32 step tensor
     if optimizer == "adafactor":
         # Float32 second moment, factored (one value per row and per column) for matrices; plus the RMS scalar.

@@ -146,7 +146,7 @@ def alternatives(spec: FineTuneJobSpec, config: Mapping[str, Any], gpu_memory: i
     with the batch/checkpointing ladder, or alone once that ladder on its own already fits.
     """
     kinds: list[tuple[str, FineTuneJobSpec]] = [("", spec)]
-    if spec.training.optimizer.startswith("adamw_torch"):
+    if spec.training.optimizer == "auto" or spec.training.optimizer.startswith("adamw_torch"):
         kinds.append(("optimizer paged_adamw_8bit", with_changes(spec, training={"optimizer": "paged_adamw_8bit"})))
     if spec.distributed.strategy != "deepspeed":
         kinds += _strategy_tiers(spec)
