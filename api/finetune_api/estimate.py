@@ -30,8 +30,8 @@ from typing import Any
 
 from finetune_api.activations import activation_bytes, overhead_bytes, runtime_bytes
 from finetune_api.distributed import resolve_strategy, world_size
-from finetune_api.model_shapes import DEFAULT_LORA_TARGETS, ModelShape, Param, model_shape
-from finetune_api.spec import FineTuneJobSpec, LoraOptions, PromptTuningOptions, QuantizationOptions
+from finetune_api.model_shapes import DEFAULT_LORA_TARGETS, EstimateUnavailable, ModelShape, Param, model_shape
+from finetune_api.spec import FineTuneJobSpec, FreezeOptions, LoraOptions, PromptTuningOptions, QuantizationOptions
 
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 PRECISION_DTYPE = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
@@ -144,43 +144,67 @@ def shards_parameters(spec: FineTuneJobSpec) -> bool:
 
 
 def _adapted(param: Param, targets: tuple[str, ...]) -> bool:
-    return param.linear and not param.head and param.name.split(".")[-1] == "weight" and param.leaf in targets
+    if not param.linear or param.head:
+        return False
+    if targets == ("all-linear",):  # every linear layer but the output layer (and the task head)
+        return param.leaf != "lm_head"
+    return param.leaf in targets
+
+
+MODELLED_METHODS = ("full", "feature-extraction", "freeze", "lora", "qlora", "prompt-tuning")
+
+
+def _trains_in_freeze(spec: FineTuneJobSpec, shape: ModelShape, param: Param) -> bool:
+    """freeze: the last trainableLayers layers, the task head and an untied output layer."""
+    n = (spec.method.freeze or FreezeOptions()).trainable_layers
+    index = param.layer_index
+    return (index is not None and index >= shape.layers - n) or param.head or param.leaf == "lm_head"
 
 
 def model_tensors(spec: FineTuneJobSpec, shape: ModelShape) -> list[Tensor]:
     """Every parameter tensor the trainer holds for this method, with its dtype and whether it trains."""
     method = spec.method.type
+    if method not in MODELLED_METHODS:
+        raise EstimateUnavailable(f"method.type: the memory estimate has no model of {method} yet")
     dtype = shape.dtype
     heads_trained = spec.task.type in HEAD_TASKS
     quant = spec.method.quantization or QuantizationOptions()
+    lora = spec.method.lora or LoraOptions()
+    extra_saved = tuple(lora.modules_to_save) if method in ("lora", "qlora") else ()
     out: list[Tensor] = []
     for p in shape.params:
         if method == "full":
             out.append(Tensor(p.shape, dtype, True))
         elif method == "feature-extraction":
             out.append(Tensor(p.shape, dtype, p.head))
+        elif method == "freeze":
+            out.append(Tensor(p.shape, dtype, _trains_in_freeze(spec, shape, p)))
         elif method == "qlora" and p.quantisable:
             out.append(Tensor(p.shape, "float32", False, quantised=True, double_quant=quant.double_quant))
         else:
             # Frozen original; QLoRA without sharding upcasts the unquantised parameters to float32.
             frozen_dtype = "float32" if method == "qlora" and not shards_parameters(spec) else dtype
             out.append(Tensor(p.shape, frozen_dtype, False))
-            if p.head and heads_trained:  # peft's modules_to_save: a trainable copy beside the original
+            if (p.head and heads_trained) or any(p.in_module(m) for m in extra_saved):
+                # peft's modules_to_save: a trainable copy beside the frozen original
                 out.append(Tensor(p.shape, frozen_dtype, True))
+    magnitudes: list[Tensor] = []
     if method in ("lora", "qlora"):
-        opts = spec.method.lora or LoraOptions()
         targets = lora_targets(spec, shape)
         for p in shape.params:
             if _adapted(p, targets):
                 n_out, n_in = p.shape
-                out += [Tensor((opts.r, n_in), "float32", True), Tensor((n_out, opts.r), "float32", True)]
+                out += [Tensor((lora.r, n_in), "float32", True), Tensor((n_out, lora.r), "float32", True)]
+                if lora.use_dora:  # DoRA's magnitude vector, one value per output feature
+                    magnitudes.append(Tensor((n_out,), "float32", True))
     if method == "prompt-tuning":
         tokens = (spec.method.prompt_tuning or PromptTuningOptions()).num_virtual_tokens
         out.append(Tensor((tokens, shape.hidden), "float32", True))
     if method == "qlora" and spec.task.type in TRL_TASKS:
-        # TRL's SFT and DPO trainers cast the trainable parameters of a quantised model to bfloat16 (as in the paper).
+        # TRL's SFT and DPO trainers cast the trainable parameters of a quantised model to bfloat16 (as in the
+        # paper), all but DoRA's magnitude vectors.
         out = [Tensor(t.shape, "bfloat16", True) if t.trainable else t for t in out]
-    return out
+    return out + magnitudes
 
 
 def optimizer_state_bytes(tensor: Tensor, optimizer: str) -> int:

@@ -16,6 +16,7 @@ The tensor lists are pinned against models built by transformers from the same c
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
@@ -28,7 +29,11 @@ SUPPORTED_MODEL_TYPES = ENCODER_TYPES + DECODER_TYPES
 DEFAULT_LORA_TARGETS = {"encoder": ("query", "value"), "decoder": ("q_proj", "v_proj")}
 
 
-class UnknownArchitecture(ValueError):
+class EstimateUnavailable(ValueError):
+    """The estimator has no model of this architecture or method; the message says which."""
+
+
+class UnknownArchitecture(EstimateUnavailable):
     """The config names an architecture the estimator has no shape table for."""
 
 
@@ -55,6 +60,19 @@ class Param:
         """The module's leaf name: ``encoder.layer.0.attention.self.query.weight`` -> ``query``."""
         parts = self.name.split(".")
         return parts[-2] if len(parts) > 1 else parts[0]
+
+    @property
+    def layer_index(self) -> int | None:
+        """Index of the transformer layer holding the parameter (``model.layers.3.mlp...`` -> 3), if any."""
+        parts = self.name.split(".")
+        for before, part in itertools.pairwise(parts):
+            if before in ("layer", "layers") and part.isdigit():
+                return int(part)
+        return None
+
+    def in_module(self, name: str) -> bool:
+        """Whether the parameter belongs to a module of that name (a dotted path component)."""
+        return name in self.name.split(".")[:-1]
 
 
 @dataclass(frozen=True)

@@ -170,12 +170,14 @@ def _check(spec: Any, model_dir: Path, inputs: dict[str, Any]) -> None:
 BERT_METHODS = [
     {"type": "full"},
     {"type": "feature-extraction"},
+    {"type": "freeze", "freeze": {"trainableLayers": 1}},
     {"type": "lora", "lora": {"r": 4, "targetModules": ["query", "value", "dense"]}},
+    {"type": "lora", "lora": {"r": 4, "targetModules": ["all-linear"], "useDora": True}},
     {"type": "prompt-tuning", "promptTuning": {"numVirtualTokens": 6}},
 ]
 
 
-@pytest.mark.parametrize("method", BERT_METHODS, ids=lambda m: m["type"])
+@pytest.mark.parametrize("method", BERT_METHODS, ids=lambda m: f"{m['type']}-{m.get('lora', {})}")
 def test_bert_model_states_are_exact(tiny_bert: Path, method: dict[str, Any]) -> None:
     import torch
 
@@ -186,15 +188,17 @@ def test_bert_model_states_are_exact(tiny_bert: Path, method: dict[str, Any]) ->
 LLAMA_METHODS = [
     {"type": "full"},
     {"type": "lora", "lora": {"r": 8, "targetModules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj"]}},
+    {"type": "lora", "lora": {"r": 4, "targetModules": ["all-linear"], "modulesToSave": ["embed_tokens"]}},
+    {"type": "freeze", "freeze": {"trainableLayers": 1}},
     {"type": "prompt-tuning", "promptTuning": {"numVirtualTokens": 4}},
 ]
 QLORA_METHODS = [
     {"type": "qlora", "lora": {"r": 8}, "quantization": {"doubleQuant": True}},
-    {"type": "qlora", "lora": {"r": 4}, "quantization": {"doubleQuant": False, "quantType": "fp4"}},
+    {"type": "qlora", "lora": {"r": 4, "useDora": True}, "quantization": {"doubleQuant": False, "quantType": "fp4"}},
 ]
 
 
-@pytest.mark.parametrize("method", LLAMA_METHODS, ids=lambda m: f"{m['type']}-{m.get('quantization', {})}")
+@pytest.mark.parametrize("method", LLAMA_METHODS, ids=lambda m: f"{m['type']}-{m.get('lora', {})}")
 def test_llama_model_states_are_exact(tiny_llama: Path, method: dict[str, Any]) -> None:
     import torch
 
@@ -220,7 +224,7 @@ def test_qlora_tensors_are_4bit_where_transformers_quantises(tiny_llama: Path) -
     assert sum(t.numel for t in tensors if t.quantised) == quantised
 
 
-@pytest.mark.parametrize("method", QLORA_METHODS, ids=["nf4-double-quant", "fp4"])
+@pytest.mark.parametrize("method", QLORA_METHODS, ids=["nf4-double-quant", "fp4-dora"])
 def test_qlora_model_states_are_exact_in_a_real_run(tiny_llama: Path, tmp_path: Path, method: dict[str, Any]) -> None:
     """Through the trainer's own run (TRL casts a quantised model's adapters to bfloat16): measured at the
     first optimizer step, on the model and optimizer the Trainer holds."""
@@ -253,3 +257,11 @@ def test_qlora_model_states_are_exact_in_a_real_run(tiny_llama: Path, tmp_path: 
     assert seen["weights"] == estimate.model_states.weights
     assert seen["gradients"] == estimate.model_states.gradients
     assert seen["optimizer"] == estimate.model_states.optimizer_states
+
+
+def test_methods_without_a_model_are_refused_not_guessed(tiny_llama: Path) -> None:
+    from finetune_api.model_shapes import EstimateUnavailable
+
+    spec = _llama_spec(tiny_llama, {"type": "ia3"})
+    with pytest.raises(EstimateUnavailable, match=r"method\.type: the memory estimate has no model of ia3"):
+        estimate_memory(spec, _config_of(tiny_llama))

@@ -99,7 +99,7 @@ def validate_command(config: str, gpu_memory: str | None = None) -> int:
 def print_estimate(spec: FineTuneJobSpec, gpu_memory: str, field: str) -> int:
     """Print the estimate table for GPUs of ``gpu_memory``; EXIT_CONFIG when the job does not fit."""
     from finetune_api.estimate import parse_memory
-    from finetune_api.model_shapes import UnknownArchitecture
+    from finetune_api.model_shapes import EstimateUnavailable
     from finetune_api.sizing import estimate_table, fit_report
     from finetune_trainer.model_config import read_model_config
 
@@ -109,7 +109,7 @@ def print_estimate(spec: FineTuneJobSpec, gpu_memory: str, field: str) -> int:
         raise ConfigError(f"{field}: {gpu_memory!r} is not a memory size; write it like 80Gi, 40G or 81559Mi") from None
     try:
         report = fit_report(spec, read_model_config(spec), memory)
-    except UnknownArchitecture as err:
+    except EstimateUnavailable as err:
         print(f"memory estimate: not available: {err}")
         return EXIT_OK
     print(estimate_table(report))
