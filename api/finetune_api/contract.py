@@ -77,8 +77,9 @@ ENV_S3_PART_TIMEOUT = "FTJ_S3_PART_TIMEOUT"  # seconds rank 0 waits for every no
 
 # ---- exit codes: what the trainer tells the Job controller ----
 
-# Kubernetes' default terminationMessagePath: rank 0 writes "<kind> error: <reason>" there before a failed exit,
-# so the reason is in the pod's containerStatuses[].state.terminated.message (the kubelet keeps 4096 bytes).
+# Kubernetes' default terminationMessagePath: a failing trainer process (or the launcher) writes
+# "<kind> error: <reason>" there before it exits, so the reason is in the pod's
+# containerStatuses[].state.terminated.message (the kubelet keeps 4096 bytes).
 TERMINATION_MESSAGE_PATH = "/dev/termination-log"
 TERMINATION_MESSAGE_LIMIT = 4096
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -303,3 +304,29 @@ def test_the_pod_keeps_a_retryable_code_over_the_sigterm_torchrun_sends_the_othe
     assert exit_code_for([-15, contract.EXIT_RETRYABLE]) == contract.EXIT_RETRYABLE
     assert exit_code_for([contract.EXIT_RETRYABLE, contract.EXIT_DATA]) == contract.EXIT_DATA
     assert exit_code_for([-9, 0]) == 137
+
+
+def test_a_failed_run_leaves_its_reason_in_the_termination_message(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from finetune_trainer import cli, errors
+
+    message = tmp_path / "termination-log"
+    message.touch()  # the kubelet creates the file in the container
+    monkeypatch.setattr(errors, "TERMINATION_MESSAGE_PATH", str(message))
+    config = tmp_path / "job.yaml"
+    config.write_text(
+        "model: {path: /nowhere}\ntask: {type: sequence-classification, labels: [a, b]}\n"
+        "dataset: {files: {train: /nowhere/train.csv}}\n"
+    )
+
+    assert cli.main(["validate", "--config", str(config)]) == contract.EXIT_DATA
+    assert message.read_text().startswith("data error: dataset.files.train: no such file /nowhere/train.csv")
+
+
+def test_outside_a_pod_no_termination_message_is_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from finetune_trainer import errors
+
+    monkeypatch.setattr(errors, "TERMINATION_MESSAGE_PATH", str(tmp_path / "absent"))
+    errors.write_termination_message("retryable error: x")
+    assert not (tmp_path / "absent").exists()

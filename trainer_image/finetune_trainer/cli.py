@@ -12,14 +12,11 @@ and the exit code the operator's podFailurePolicy reads: 3 for the spec, 4 for t
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import logging
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
-from finetune_api.contract import TERMINATION_MESSAGE_LIMIT, TERMINATION_MESSAGE_PATH
 from finetune_api.spec import FineTuneJobSpec
 from finetune_api.validation import InvalidSpec, load_spec_file
 from finetune_trainer.arguments import WorldInfo
@@ -31,6 +28,7 @@ from finetune_trainer.errors import (
     ConfigError,
     TrainerError,
     classify,
+    write_termination_message,
 )
 
 log = logging.getLogger("finetune_trainer")
@@ -155,10 +153,7 @@ def report_failure(world: WorldInfo, code: int, reason: str) -> int:
     kind = {EXIT_CONFIG: "config error", EXIT_DATA: "data error", EXIT_RETRYABLE: "retryable error"}.get(code, "error")
     prefix = f"[rank {world.rank}] " if world.world_size > 1 else ""
     print(f"{prefix}{kind}: {reason}", file=sys.stderr)
-    message = Path(TERMINATION_MESSAGE_PATH)
-    if world.is_main and message.is_file():  # the kubelet creates it in the container; elsewhere it is absent
-        with contextlib.suppress(OSError):
-            message.write_text(f"{kind}: {reason}"[:TERMINATION_MESSAGE_LIMIT])
+    write_termination_message(f"{kind}: {reason}")
     return code
 
 

@@ -13,15 +13,26 @@ retries an action in-process, with exponential backoff, while it fails for a ret
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import socket
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal, TypeVar
 
-from finetune_api.contract import EXIT_CONFIG, EXIT_DATA, EXIT_FAILED, EXIT_OK, EXIT_RETRYABLE, PERMANENT_EXIT_CODES
+from finetune_api.contract import (
+    EXIT_CONFIG,
+    EXIT_DATA,
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_RETRYABLE,
+    PERMANENT_EXIT_CODES,
+    TERMINATION_MESSAGE_LIMIT,
+    TERMINATION_MESSAGE_PATH,
+)
 
 __all__ = [
     "EXIT_CONFIG",
@@ -37,6 +48,7 @@ __all__ = [
     "TrainerError",
     "classify",
     "retry_transient",
+    "write_termination_message",
 ]
 
 log = logging.getLogger(__name__)
@@ -349,3 +361,11 @@ def retry_transient(
             log.warning("%s failed (attempt %d: %s); retrying in %.0f s", action, attempt, failure.reason, delay)
             sleep(delay)
             delay, attempt = min(delay * 2, max_delay), attempt + 1
+
+
+def write_termination_message(text: str) -> None:
+    """Leave the failure's reason where the kubelet reads it (the pod's terminated state); no-op elsewhere."""
+    message = Path(TERMINATION_MESSAGE_PATH)
+    if message.is_file():  # the kubelet creates it in each container; outside one it is absent
+        with contextlib.suppress(OSError):
+            message.write_text(text[:TERMINATION_MESSAGE_LIMIT])

@@ -14,7 +14,7 @@ import signal
 import sys
 
 from finetune_api.contract import EXIT_RETRYABLE, PERMANENT_EXIT_CODES, RETRYABLE_EXIT_CODES
-from finetune_trainer.errors import classify
+from finetune_trainer.errors import classify, write_termination_message
 
 
 def exit_code_for(worker_codes: list[int]) -> int:
@@ -49,20 +49,23 @@ def main(argv: list[str] | None = None) -> int:
         return exit_code_for([failure.exitcode for failure in err.failures.values()])
     except SignalException as err:
         # The pod is being stopped (preemption, eviction, a drained node): torchrun stopped the workers.
-        print(
-            f"retryable error: the trainer was stopped by {signal.Signals(err.sigval).name} "
-            "(preempted or evicted); the Job runs it again from the last checkpoint",
-            file=sys.stderr,
+        return _retryable(
+            f"the trainer was stopped by {signal.Signals(err.sigval).name} (preempted or evicted); "
+            "the Job runs it again from the last checkpoint"
         )
-        return EXIT_RETRYABLE
     except Exception as err:
         # The launcher's own failures: a rendezvous that timed out, a store on pod 0 that went away.
         failure = classify(err)
         if not failure.retryable:
             raise
-        print(f"retryable error: {failure.reason}", file=sys.stderr)
-        return EXIT_RETRYABLE
+        return _retryable(failure.reason)
     return 0
+
+
+def _retryable(reason: str) -> int:
+    print(f"retryable error: {reason}", file=sys.stderr)
+    write_termination_message(f"retryable error: {reason}")
+    return EXIT_RETRYABLE
 
 
 if __name__ == "__main__":
