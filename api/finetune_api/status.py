@@ -148,7 +148,8 @@ class FineTuneJobStatus(ApiModel):
 
 
 # The fields each side writes; a status patch of one side never names the other's.
-TRAINER_FIELDS = frozenset({"progress", "metrics", "parameters", "artifacts", "runtime"})
+# memoryEstimate: the trainer resolves training.sizing auto on the GPU it got, so it reports the estimate.
+TRAINER_FIELDS = frozenset({"progress", "metrics", "parameters", "artifacts", "runtime", "memory_estimate"})
 OPERATOR_FIELDS = frozenset(FineTuneJobStatus.model_fields) - TRAINER_FIELDS
 
 

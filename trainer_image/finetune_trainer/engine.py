@@ -48,6 +48,7 @@ from finetune_trainer.data import load_datasets, load_retry_seconds
 from finetune_trainer.errors import ConfigError, RetryableError, retry_transient
 from finetune_trainer.methods import get_method
 from finetune_trainer.methods.base import HasRunHooks, count_parameters
+from finetune_trainer.sizing_on_device import size_for_device
 from finetune_trainer.tasks import get_task
 from finetune_trainer.tasks.base import (
     PEFT_TASK_TYPES,
@@ -230,6 +231,7 @@ def _train(
     method = get_method(spec.method.type)
     device = DeviceCapability.detect()
     kernels.check_gpu_options(spec, device)
+    spec = size_for_device(spec, device, reporter)  # training.sizing auto: batch, checkpointing, strategy
 
     model_path = resolve_model_location(spec.model, spec.output.s3)
     tokenizer = load_tokenizer(spec, model_path)
