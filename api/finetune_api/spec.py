@@ -333,10 +333,11 @@ class TrainingSpec(ApiModel):
     sizing: Literal["fixed", "auto"] = Field(
         default="fixed",
         description=(
-            "auto: before the job starts, pick from the GPU-memory estimate the largest batchSizePerDevice that fits "
-            "(keeping batchSizePerDevice x gradientAccumulationSteps), gradientCheckpointing only when needed, and, "
-            "with distributed.strategy auto, DeepSpeed ZeRO when data parallelism does not fit; the chosen values "
-            "are on status.memoryEstimate.resolved and in the trainer's config. fixed: run the settings as written."
+            "auto: the trainer picks, from the GPU-memory estimate for the GPU it runs on, the largest "
+            "batchSizePerDevice that fits (keeping batchSizePerDevice x gradientAccumulationSteps), "
+            "gradientCheckpointing only when needed, and, with distributed.strategy auto, DeepSpeed ZeRO when data "
+            "parallelism does not fit; the chosen values are on status.memoryEstimate.resolved and in the run's "
+            "resolved spec. fixed: run the settings as written."
         ),
     )
     group_by_length: bool = Field(
@@ -435,8 +436,8 @@ class ResourcesSpec(ApiModel):
     gpu_memory: Quantity | None = Field(
         default=None,
         description=(
-            "Memory of one GPU (e.g. 80Gi) for the fit estimate, when the nodes lack the nvidia.com/gpu.memory "
-            "label of NVIDIA GPU Feature Discovery; overrides the operator's default."
+            "Memory of one GPU (e.g. 80Gi) for the fit estimate where the GPU itself cannot be asked: "
+            "validate and CPU runs (a GPU run uses its device's memory)."
         ),
     )
     volume_claim_name: Name | None = Field(

@@ -112,6 +112,7 @@ def _sync_status(
     job: dict[str, Any] | None,
     topology: tuple[int, int],
     problems: list[str] | None = None,
+    waiting_for: list[str] | None = None,
 ) -> None:
     """Recompute the operator-owned status, patch it if it changed, and post events for changes."""
     meta = ref["metadata"]
@@ -123,6 +124,7 @@ def _sync_status(
             gpus_per_node=topology[1],
             job=job,
             problems=problems,
+            waiting_for=waiting_for,
             timestamp=now(),
         )
         patch = status_patch(known.status, new)
@@ -204,7 +206,7 @@ def _reconcile(body: dict[str, Any], is_new: bool, retry: int = 0) -> None:
             problems = _preflight(parent.namespace, spec, children[-1])
             if problems:
                 # Stalled now; looked at again with backoff, so the job starts once the object exists.
-                _sync_status(ref, known, None, _spec_topology(body), problems)
+                _sync_status(ref, known, None, _spec_topology(body), waiting_for=problems)
                 delay = preflight_retry_delay(retry)
                 raise kopf.TemporaryError(f"preflight: {problems[0]}; checking again in {delay:.0f}s", delay=delay)
             job = _create(parent, children)

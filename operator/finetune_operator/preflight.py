@@ -6,10 +6,6 @@ the image pull secrets, its PriorityClass and Kueue queue), so the check covers 
 pods would need, and name the spec field each came from. A failed check stalls the job with the
 field path and the fix instead of leaving pods stuck in Pending or CreateContainerConfigError while
 they hold GPUs.
-
-The GPU memory the fit estimate compares with comes from here too (:func:`gpu_memory_for`): the
-``nvidia.com/gpu.memory`` label NVIDIA GPU Feature Discovery puts on GPU nodes (MiB), else
-``spec.resources.gpuMemory``, else the operator's default.
 """
 
 from __future__ import annotations
@@ -19,11 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from finetune_api.contract import ENV_HF_TOKEN, ENV_S3_ACCESS_KEY_ID, ENV_S3_SECRET_ACCESS_KEY, KUEUE_QUEUE_LABEL
-from finetune_api.estimate import parse_memory
 from finetune_api.spec import FineTuneJobSpec
-
-GPU_MEMORY_LABEL = "nvidia.com/gpu.memory"  # MiB, set by NVIDIA GPU Feature Discovery
-GPU_RESOURCE = "nvidia.com/gpu"
 
 # Which spec field each secret-backed env variable of the trainer comes from.
 SECRET_FIELDS = {
@@ -117,36 +109,3 @@ def preflight_problems(
             "not installed); create the LocalQueue or remove queueName"
         )
     return problems
-
-
-def _selects(node: Mapping[str, Any], selector: Mapping[str, str]) -> bool:
-    labels = (node.get("metadata") or {}).get("labels") or {}
-    return all(labels.get(k) == v for k, v in selector.items())
-
-
-def gpu_memory_for(
-    spec: FineTuneJobSpec, nodes: list[Mapping[str, Any]], default: str | None
-) -> tuple[int, str] | None:
-    """(bytes of one GPU, where that came from) for the job's fit estimate, or None when nothing says.
-
-    The smallest ``nvidia.com/gpu.memory`` among the GPU nodes the job's nodeSelector allows (the job must
-    fit wherever it lands); else ``spec.resources.gpuMemory``; else the operator's default.
-    """
-    selected = [
-        n
-        for n in nodes
-        if _selects(n, spec.resources.node_selector)
-        and int(((n.get("status") or {}).get("allocatable") or {}).get(GPU_RESOURCE, "0") or 0) > 0
-    ]
-    labelled = [
-        int(labels[GPU_MEMORY_LABEL])
-        for n in selected
-        if str((labels := (n.get("metadata") or {}).get("labels") or {}).get(GPU_MEMORY_LABEL, "")).isdigit()
-    ]
-    if labelled:
-        return min(labelled) * 2**20, f"node label {GPU_MEMORY_LABEL} (smallest of {len(labelled)} GPU node(s))"
-    if spec.resources.gpu_memory:
-        return parse_memory(spec.resources.gpu_memory), "spec.resources.gpuMemory"
-    if default:
-        return parse_memory(default), "the operator's default (Helm value gpuMemory)"
-    return None

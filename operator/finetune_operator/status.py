@@ -30,6 +30,8 @@ _JOB_FAILURE_MESSAGES = {
 # For each state: the conditions it sets True, and those it sets False.
 _CONDITIONS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "InvalidSpec": (("Stalled", "Failed"), ("Ready", "Reconciling")),
+    # A referenced object is missing: stalled until someone creates it, but not failed (checked again).
+    "PreflightFailed": (("Stalled",), ("Ready", "Reconciling", "Failed")),
     "Creating": (("Reconciling",), ("Created", "Ready", "Stalled")),
     "Succeeded": (("Created", "Succeeded", "Ready"), ("Running", "Reconciling", "Stalled")),
     "Failed": (("Created", "Failed", "Stalled"), ("Running", "Ready", "Reconciling")),
@@ -93,12 +95,14 @@ def desired_status(
     gpus_per_node: int,
     job: dict[str, Any] | None,
     problems: list[str] | None = None,
+    waiting_for: list[str] | None = None,
     timestamp: str = "",
 ) -> FineTuneJobStatus:
     """The operator's part of the status for the current state (condition times set to ``timestamp``).
 
     ``job`` is the batch/v1 Job (None before it exists); ``problems`` are spec problems
-    the API server could not refuse, which stall the job with the field path and fix.
+    the API server could not refuse, which stall the job with the field path and fix; ``waiting_for``
+    are objects the preflight found missing, which stall it until they exist (phase stays Pending).
     observedGeneration is the generation the Job reflects: it moves once a spec change is
     applied to the Job, not when the change is made.
     """
@@ -109,6 +113,9 @@ def desired_status(
     if problems:
         message = "invalid spec: " + "; ".join(problems)
         state = _State("InvalidSpec", "Failed", "InvalidSpec", message)
+    elif waiting_for:
+        message = "preflight: " + "; ".join(waiting_for) + " (checked again with backoff; no GPU is held)"
+        state = _State("PreflightFailed", "Pending", "PreflightFailed", message)
     elif job is None:
         state = _State("Creating", "Pending", "Creating", "creating the trainer job")
     else:

@@ -27,6 +27,8 @@ def test_missing_token_secret_stalls_then_starts_once_created(operator: Operator
     kube.kubectl("wait", "--for=condition=Stalled", "ftj/gated", "-n", ns, "--timeout=60s")
     obj = get(kube, ns, "ftj", "gated")
     assert "spec.model.tokenSecretRef: Secret 'hf-token' not found" in obj["status"]["message"]
+    assert obj["status"]["phase"] == "Pending"  # stalled, not failed: it starts once the Secret exists
+    assert conditions(obj)["Stalled"]["reason"] == "PreflightFailed"
     assert _no_job(operator, ns, "gated")
 
     kube.kubectl("create", "secret", "generic", "hf-token", "-n", ns, "--from-literal=token=hf_x")

@@ -11,7 +11,7 @@ from typing import Any
 
 from finetune_api.validation import parse_spec
 from finetune_operator.builders import Parent, build_job
-from finetune_operator.preflight import ClusterView, gpu_memory_for, preflight_problems
+from finetune_operator.preflight import ClusterView, preflight_problems
 from finetune_operator.settings import OperatorSettings
 from tests.invalid_specs import BASE
 
@@ -102,29 +102,20 @@ def test_the_operator_default_s3_secret_is_checked_and_named_as_such() -> None:
     assert "'cluster-s3'" in problem
 
 
-def node(name: str, gpus: int, memory_mib: str | None = None, **labels: str) -> dict[str, Any]:
-    all_labels = {**labels, **({"nvidia.com/gpu.memory": memory_mib} if memory_mib else {})}
-    return {"metadata": {"name": name, "labels": all_labels}, "status": {"allocatable": {"nvidia.com/gpu": str(gpus)}}}
+def test_a_preflight_stall_is_pending_not_failed() -> None:
+    from finetune_operator.status import desired_status
 
-
-def test_gpu_memory_is_the_smallest_labelled_gpu_node_the_selector_allows() -> None:
-    nodes = [
-        node("a100-40", 8, "40960", pool="a"),
-        node("h100", 8, "81559", pool="h"),
-        node("cpu", 0, None, pool="h"),
-    ]
-    memory, source = gpu_memory_for(spec_with(), nodes, None) or (0, "")
-    assert memory == 40960 * 2**20 and "nvidia.com/gpu.memory" in source
-    memory, _ = gpu_memory_for(spec_with(resources={"nodeSelector": {"pool": "h"}}), nodes, None) or (0, "")
-    assert memory == 81559 * 2**20
-
-
-def test_gpu_memory_falls_back_to_the_spec_then_the_operator_default() -> None:
-    unlabelled = [node("gpu", 4)]
-    assert gpu_memory_for(spec_with(resources={"gpuMemory": "24Gi"}), unlabelled, "80Gi") == (
-        24 * 2**30,
-        "spec.resources.gpuMemory",
+    status = desired_status(
+        name="llama-sft",
+        generation=1,
+        nodes=1,
+        gpus_per_node=8,
+        job=None,
+        waiting_for=["spec.model.tokenSecretRef: Secret 'hf' not found in namespace 'team-a'"],
+        timestamp="2026-01-01T00:00:00Z",
     )
-    memory, source = gpu_memory_for(spec_with(), unlabelled, "80Gi") or (0, "")
-    assert memory == 80 * 2**30 and "default" in source
-    assert gpu_memory_for(spec_with(), unlabelled, None) is None
+    assert status.phase == "Pending"
+    conditions = {c.type: (c.status, c.reason) for c in status.conditions}
+    assert conditions["Stalled"] == ("True", "PreflightFailed")
+    assert conditions.get("Failed", ("False",))[0] == "False"
+    assert status.message is not None and status.message.startswith("preflight: spec.model.tokenSecretRef")
