@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import yaml
 from pydantic import BaseModel, ValidationError
@@ -29,17 +30,63 @@ def _path(root: str, loc: tuple[int | str, ...]) -> str:
     return out
 
 
+def _field_names(model: type[BaseModel], loc: tuple[int | str, ...]) -> list[str]:
+    """The camelCase field names of the model at loc (below model), for 'did you mean' hints."""
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        info = model.model_fields.get(part) or next((f for f in model.model_fields.values() if f.alias == part), None)
+        inner = _model_in(info.annotation) if info is not None else None
+        if inner is None:
+            return []
+        model = inner
+    return [info.alias or name for name, info in model.model_fields.items()]
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    """The BaseModel class inside an annotation (Optional[X], list[X]), if any."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in get_args(annotation):
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _closest(name: str, known: list[str]) -> str | None:
+    """The known field a misspelt name most likely means (max_steps and maxsteps mean maxSteps)."""
+    squashed = {k.lower(): k for k in known}
+    plain = name.replace("_", "").replace("-", "").lower()
+    if plain in squashed:
+        return squashed[plain]
+    close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+    return close[0] if close else None
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
 def _pydantic_problems(err: ValidationError, root: str) -> list[str]:
+    """One 'path: what is wrong (got value)' line per pydantic error, with our wording."""
     problems = []
     for e in err.errors():
+        loc = tuple(e["loc"])
         msg = e["msg"]
         if e["type"] == "extra_forbidden":
-            msg = "unknown field; check its spelling against the API reference (fields are camelCase)"
+            known = _field_names(FineTuneJobSpec, loc[:-1])
+            close = _closest(str(loc[-1]), known)
+            hint = f"did you mean {close}? " if close else ""
+            msg = f"unknown field; {hint}remove it or use one of {', '.join(known)} (camelCase, see the API reference)"
         elif e["type"] == "missing":
-            msg = "required field is missing"
-        elif e["type"] == "literal_error":
-            msg = f"{msg} (got {e.get('input')!r})"
-        problems.append(f"{_path(root, tuple(e['loc']))}: {msg}")
+            msg = "required field is missing; add it (see the API reference)"
+        elif e["type"] in ("model_type", "model_attributes_type", "dict_type"):
+            msg = f"expected a mapping of fields, got {_shown(e.get('input'))}"
+        else:
+            msg = f"{msg.replace('Input should', 'should')} (got {_shown(e.get('input'))})"
+        problems.append(f"{_path(root, loc)}: {msg}")
     return problems
 
 
@@ -72,7 +119,8 @@ def parse_spec(data: Any, root: str = "spec") -> FineTuneJobSpec:
     if not isinstance(data, dict):
         raise InvalidSpec([f"{root}: expected a mapping of fields, got {type(data).__name__}"])
     try:
-        spec = FineTuneJobSpec.model_validate(data)
+        # Only the camelCase names of the wire format: the API server knows no others.
+        spec = FineTuneJobSpec.model_validate(data, by_alias=True, by_name=False)
     except ValidationError as err:
         raise InvalidSpec(_pydantic_problems(err, root)) from None
     problems = rule_problems(spec, root)

@@ -183,7 +183,7 @@ def test_token_tags_must_match_the_words(tmp_path: Path) -> None:
     rows = [{"tokens": ["alice", "went", "home"], "tags": ["B-PER", "O"]}]
     train = tiny.write_jsonl(tmp_path / "train.jsonl", rows)
     task = {"type": "token-classification", "labels": tiny.NER_LABELS}
-    with pytest.raises(DataError, match="3 words in 'tokens' but 2 tags"):
+    with pytest.raises(DataError, match="column 'tags': 2 tags for 3 words in 'tokens'"):
         load_and_check(make_spec({"train": train}, task=task))
 
 

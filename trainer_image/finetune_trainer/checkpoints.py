@@ -215,6 +215,10 @@ class JobLocation:
 # ---- fingerprint ----
 
 
+# In a local output directory: the fingerprint of the spec its checkpoints were trained with.
+LOCAL_FINGERPRINT_FILE = "checkpoint-fingerprint.json"
+
+
 def fingerprint_fields(spec: FineTuneJobSpec) -> dict[str, Any]:
     """The spec settings a checkpoint's weights depend on, by field path; changing one makes it unusable."""
     m = spec.model
@@ -246,7 +250,12 @@ def fingerprint(fields: Mapping[str, Any]) -> str:
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def check_compatible(manifest: Mapping[str, Any], spec: FineTuneJobSpec, uri: S3Uri) -> None:
+def check_compatible(
+    manifest: Mapping[str, Any],
+    spec: FineTuneJobSpec,
+    uri: S3Uri | str,
+    remedy: str = "start over under another metadata.name (or delete the job's checkpoints in S3)",
+) -> None:
     """Raise ConfigError naming every fingerprint field that differs between the checkpoint and the spec."""
     now = fingerprint_fields(spec)
     if manifest.get("fingerprint") == fingerprint(now):
@@ -261,8 +270,33 @@ def check_compatible(manifest: Mapping[str, Any], spec: FineTuneJobSpec, uri: S3
         f"cannot resume from {uri}: the spec changed in a way the checkpoint cannot follow:\n  - "
         + "\n  - ".join(changed)
         + "\nA job continues only with the same model, task, method and LoRA rank. Restore the previous "
-        "values, or start over under another metadata.name (or delete the job's checkpoints in S3)."
+        f"values, or {remedy}."
     )
+
+
+def check_local_resume(spec: FineTuneJobSpec, output_dir: Path, checkpoint: str | None) -> None:
+    """Refuse to resume a local checkpoint trained under another fingerprint, as open_output does for S3.
+
+    The fingerprint is the one :func:`record_local_fingerprint` left in output_dir; a directory without
+    it (written by an older trainer) is resumed unchecked.
+    """
+    record = output_dir / LOCAL_FINGERPRINT_FILE
+    if checkpoint is None or not record.is_file():
+        return
+    check_compatible(
+        json.loads(record.read_text()),
+        spec,
+        checkpoint,
+        remedy=f"train into another output directory (or delete {output_dir}'s checkpoint-* directories)",
+    )
+
+
+def record_local_fingerprint(spec: FineTuneJobSpec, output_dir: Path) -> None:
+    """Note in output_dir the fingerprint its checkpoints are trained with (read by check_local_resume)."""
+    fields = fingerprint_fields(spec)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    record = {"fingerprint": fingerprint(fields), "spec": fields}
+    (output_dir / LOCAL_FINGERPRINT_FILE).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
 
 
 # ---- manifests and the store ----

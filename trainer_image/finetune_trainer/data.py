@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from finetune_api.contract import ENV_LOAD_RETRY_SECONDS
+from finetune_trainer.data_checks import has_no_columns, not_object_line, not_utf8
 from finetune_trainer.errors import ConfigError, DataError, RetryableError, classify, retry_transient
 
 if TYPE_CHECKING:
@@ -129,15 +130,17 @@ def require_columns(
     split: str,
     roles: Mapping[str, str],
 ) -> None:
-    """Raise DataError when a column a role reads is missing; name the columns present and the field to set."""
+    """Raise DataError naming every column a role reads that is missing, the columns present and the fields to set."""
     present = list(dataset.column_names)
-    for role, column in roles.items():
-        if column not in present:
-            raise DataError(
-                f"{describe_split(spec, split)} has no column {column!r} for the {role} role of task "
-                f"{spec.task.type}. Columns present: {', '.join(present) or '(none)'}. "
-                f"Set spec.task.columns.{role} to the column that holds it."
-            )
+    missing = {role: column for role, column in roles.items() if column not in present}
+    if missing:
+        listed = ", ".join(f"{column!r} for the {role} role" for role, column in missing.items())
+        fields = ", ".join(f"spec.task.columns.{role}" for role in missing)
+        raise DataError(
+            f"{describe_split(spec, split)} has no column {listed} of task {spec.task.type}. "
+            f"Columns present: {', '.join(present) or '(none)'}. Set {fields} to the column that holds it, "
+            "or rename the column in the data."
+        )
 
 
 def _load_file_splits(spec: FineTuneJobSpec) -> tuple[Dataset, Dataset | None]:
@@ -182,6 +185,12 @@ def _load_file(location: str, field: str, s3: S3Location | None = None) -> Datas
         raise DataError(f"{field}: no such file {path}; check the path (and that the volume is mounted)")
     if path.stat().st_size == 0:
         raise DataError(f"{field}: {path} is empty; the split needs at least one row")
+    if builder in ("json", "csv"):
+        # Checked here: pyarrow's JSON reader crashes the process (SIGSEGV) on a JSON lines file with a
+        # line that is not an object, and reports bytes that are not UTF-8 without saying where they are.
+        problem = not_utf8(path) or (not_object_line(path) if builder == "json" else None)
+        if problem:
+            raise DataError(f"{field}: cannot read {path}: {problem}")
     try:
         loaded = load_dataset(builder, data_files={TRAIN: str(path)}, split=TRAIN)
     except Exception as err:  # datasets/pyarrow/pandas raise many types; most mean "cannot read this file"
@@ -190,9 +199,16 @@ def _load_file(location: str, field: str, s3: S3Location | None = None) -> Datas
             raise RetryableError(f"{field}: cannot read {path}: {failure.reason}") from err
         if builder in ("json", "csv") and _has_no_rows(path, header=builder == "csv"):
             raise DataError(f"{field}: {path} has no rows; the split needs at least one example") from None
+        if has_no_columns(path, builder):
+            raise DataError(f"{field}: {path} has rows but no columns; give each example its fields by name") from None
         where = _locate_json_error(path) if builder == "json" else None
         detail = where or _root_message(err)
-        raise DataError(f"{field}: cannot read {path}: {detail}") from None
+        raise DataError(
+            f"{field}: cannot read {path}: {detail}. Check that it is a complete {suffix.lstrip('.')} file "
+            "(write it again if it was cut short) with one example per row and named columns"
+        ) from None
+    if not loaded.column_names:
+        raise DataError(f"{field}: {path} has rows but no columns; give each example its fields by name")
     return loaded
 
 
@@ -256,8 +272,12 @@ def _load_hub_splits(spec: FineTuneJobSpec) -> tuple[Dataset, Dataset | None]:
             f"loading {what}", lambda: load_dataset(ds.name, ds.config), budget_seconds=load_retry_seconds()
         )
     except RetryableError as err:  # the hub stayed unreachable, slow or overloaded for the whole budget
+        if _offline():
+            raise DataError(_offline_message(what)) from None
         raise RetryableError(f"dataset.name: cannot load {what}: {err}") from err
     except Exception as err:  # a missing dataset or config, a gated one without a token: the message says which
+        if _offline():
+            raise DataError(_offline_message(what)) from None
         raise DataError(f"dataset.name: cannot load {what}: {_root_message(err)}") from None
     available = list(loaded.keys())
     if ds.train_split not in loaded:
@@ -278,6 +298,22 @@ def _load_hub_splits(spec: FineTuneJobSpec) -> tuple[Dataset, Dataset | None]:
             f"its splits are {', '.join(available)}; or use dataset.evalFraction"
         )
     return train, loaded[eval_name]
+
+
+def _offline_message(what: str) -> str:
+    return (
+        f"dataset.name: {what} is not in the local cache and downloads are off (HF_HUB_OFFLINE or "
+        "HF_DATASETS_OFFLINE is set): put it in the cache (HF_HOME) before the run, unset offline mode, "
+        "or give the data as dataset.files"
+    )
+
+
+def _offline() -> bool:
+    """True when the hub client may not download (HF_HUB_OFFLINE or HF_DATASETS_OFFLINE)."""
+    import datasets
+    import huggingface_hub.constants
+
+    return bool(datasets.config.HF_HUB_OFFLINE or huggingface_hub.constants.HF_HUB_OFFLINE)
 
 
 def _hold_out(train: Dataset, fraction: float, seed: int) -> tuple[Dataset, Dataset]:

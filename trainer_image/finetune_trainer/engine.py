@@ -68,6 +68,15 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 ADAPTER_CONFIG_FILE = "adapter_config.json"
+# Files a saved tokenizer leaves in a model directory (one of them is enough).
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "vocab.txt",
+    "vocab.json",
+    "tokenizer.model",
+    "spiece.model",
+)
 CHECKPOINT_DIR = re.compile(r"^checkpoint-(\d+)$")
 # Written last by Trainer._save_checkpoint: its presence marks a checkpoint as complete.
 CHECKPOINT_COMPLETE_MARKER = "trainer_state.json"
@@ -107,6 +116,12 @@ def resolve_model_location(source: ModelSource, s3: S3Location | None = None) ->
         path = Path(source.path).expanduser()
         if not path.is_dir():
             raise ConfigError(f"model.path: {path} is not a directory; give the directory of a saved model")
+        if not (path / "config.json").is_file():
+            present = ", ".join(sorted(p.name for p in path.iterdir())[:10]) or "nothing"
+            raise ConfigError(
+                f"model.path: there is no model in {path} (no config.json; it holds {present}); give the directory "
+                "a model was saved to with save_pretrained (config.json, the weights and the tokenizer files)"
+            )
         return str(path)
     assert source.name is not None  # the spec rules guarantee exactly one source
     return source.name
@@ -127,7 +142,17 @@ def load_pretrained(
     except RetryableError as err:
         raise RetryableError(f"{field}: cannot load {what}: {err}") from err
     except permanent as err:
-        raise ConfigError(f"{field}: cannot load {what}: {err}") from None
+        raise unloadable(spec, what, err) from None
+
+
+def unloadable(spec: FineTuneJobSpec, what: str, err: BaseException) -> ConfigError:
+    """The ConfigError for model files that cannot load: the field, the first line of the reason, the fix."""
+    field = "model.path" if spec.model.path else "model.name"
+    reason = str(err).strip().split("\n")[0][:300].rstrip(".")
+    return ConfigError(
+        f"{field}: cannot load {what}: {reason}. Check that it holds a complete model saved with "
+        f"save_pretrained (config.json, the weights and the tokenizer files), or fix {field}"
+    )
 
 
 def load_tokenizer(spec: FineTuneJobSpec, model_path: str) -> PreTrainedTokenizerBase:
@@ -135,6 +160,13 @@ def load_tokenizer(spec: FineTuneJobSpec, model_path: str) -> PreTrainedTokenize
     from transformers import AutoTokenizer
 
     field = "model.path" if spec.model.path else "model.name"
+    local = Path(model_path)
+    if local.is_dir() and not any((local / name).is_file() for name in TOKENIZER_FILES):
+        # Without these, transformers builds an empty tokenizer from config.json alone and training goes on.
+        raise ConfigError(
+            f"{field}: {model_path} holds no tokenizer (none of {', '.join(TOKENIZER_FILES)}); save the "
+            "tokenizer next to the model (tokenizer.save_pretrained) or give a directory that has it"
+        )
     tokenizer = load_pretrained(
         spec,
         f"a tokenizer from {model_path}",
@@ -227,6 +259,7 @@ def _train(
 
     # S3 first: refused credentials, a missing bucket or a checkpoint of another spec fail before anything loads.
     s3_output = checkpoints.open_output(spec, out, reporter=reporter)
+    checkpoints.check_local_resume(spec, out, latest_checkpoint(out))
     task = get_task(spec.task.type)
     method = get_method(spec.method.type)
     device = DeviceCapability.detect()
@@ -253,17 +286,23 @@ def _train(
 
     # The head is initialised randomly: seed it so reruns (and resumes) start from the same weights.
     set_seed(spec.training.seed)
+    from safetensors import SafetensorError
+
     load_kwargs = method.load_kwargs(spec)
-    model = kernels.load_with_attention(
-        lambda attention: load_pretrained(
+    try:
+        model = kernels.load_with_attention(
+            lambda attention: load_pretrained(
+                spec,
+                f"a model from {model_path}",
+                lambda: task.load_model(spec, model_path, {**load_kwargs, **attention}),
+                permanent=(OSError, SafetensorError),  # missing or truncated model files
+            ),
             spec,
-            f"a model from {model_path}",
-            lambda: task.load_model(spec, model_path, {**load_kwargs, **attention}),
-        ),
-        spec,
-        device,
-        resolve_precision(spec.training.precision, device),
-    )
+            device,
+            resolve_precision(spec.training.precision, device),
+        )
+    except ValueError as err:  # not about attention: an unknown model type, a config.json transformers cannot read
+        raise unloadable(spec, f"a model from {model_path}", err) from None
     check_sequence_length(spec, model, tokenizer)
     kernels.check_liger(spec, model)
     model = method.prepare(spec, model, PEFT_TASK_TYPES[spec.task.type])
@@ -297,6 +336,8 @@ def _train(
     if reporter is not None:
         reporter.update(FineTuneJobStatus(runtime=runtime))
 
+    if world.is_main:
+        checkpoints.record_local_fingerprint(spec, out)
     checkpoint = latest_checkpoint(out)
     if s3_output is not None:
         checkpoint = s3_output.restore(trainer, checkpoint)  # the newest complete checkpoint in S3, downloaded

@@ -151,18 +151,33 @@ def convert_saved_adapter(spec: FineTuneJobSpec, peft_model: Any, output_dir: Pa
         save_file({**after, **dropped}, str(weights), metadata={"format": "pt"})
 
 
-def attach_adapter(model: PreTrainedModel, config: Any, field: str) -> Any:
-    """get_peft_model, with peft's 'target not found' turned into a ConfigError naming the field."""
-    from peft import get_peft_model
+def unmatched_targets(model: nn.Module, targets: list[str]) -> list[str]:
+    """The target module names that match no module of the model (peft's rule: the name or its last parts)."""
+    names = [name for name, _ in model.named_modules()]
+    return [t for t in targets if not any(name == t or name.endswith(f".{t}") for name in names)]
 
+
+def attach_adapter(model: PreTrainedModel, config: Any, field: str) -> Any:
+    """get_peft_model, refusing target modules that match nothing in the model with a ConfigError naming them.
+
+    peft adapts the names that match and silently ignores the others; a misspelt name among good ones
+    would train a different adapter than the spec says, so every name must match.
+    """
+    from peft import get_peft_model
+    from peft.utils import NoMatchingPeftModuleError
+
+    targets = config.target_modules
+    missing = unmatched_targets(model, sorted(targets)) if isinstance(targets, list | set | tuple) else []
+    existing = ", ".join(linear_module_names(model)[:30])
+    if missing:
+        raise ConfigError(
+            f"{field}: {', '.join(repr(m) for m in missing)} matches no module of this model; "
+            f"name some of its linear layers instead: {existing}"
+        )
     try:
         peft_model = get_peft_model(model, config)
-    except ValueError as err:
-        if "not found in the base model" in str(err) or "Target modules" in str(err):
-            raise ConfigError(
-                f"{field}: {err}. Linear layers of this model: {', '.join(linear_module_names(model)[:30])}"
-            ) from None
-        raise
+    except NoMatchingPeftModuleError as err:
+        raise ConfigError(f"{field}: {err} Name some of the model's linear layers: {existing}") from None
     dedupe_modules_to_save(peft_model)
     return peft_model
 

@@ -17,6 +17,7 @@ import string
 from typing import TYPE_CHECKING, Any
 
 from finetune_trainer.data import describe_split, require_columns
+from finetune_trainer.data_checks import RowProblems
 from finetune_trainer.errors import DataError
 from finetune_trainer.tasks.base import (
     RunContext,
@@ -130,6 +131,7 @@ class QuestionAnsweringTask:
 
     def check_dataset(self, spec: FineTuneJobSpec, datasets: DatasetDict) -> None:
         """Columns present; every answer is SQuAD-shaped and found at its answer_start in the context."""
+        problems = RowProblems()
         for split, dataset in datasets.items():
             roles = self._read_roles(spec, dataset)
             require_columns(dataset, spec, split, roles)
@@ -137,11 +139,13 @@ class QuestionAnsweringTask:
             columns = dataset.select_columns([roles["question"], roles["context"], roles["answers"]])
             for row, example in enumerate(columns):
                 question, context, answers = (example[roles[r]] for r in ("question", "context", "answers"))
-                if not isinstance(question, str) or not isinstance(context, str):
-                    raise DataError(f"{where} row {row}: question and context must be text")
-                problem = _answers_problem(answers, context)
+                for role, value in (("question", question), ("context", context)):
+                    if not isinstance(value, str):
+                        problems.add(where, roles[role], row, f"expected text, got {value!r}; fill or drop the row")
+                problem = _answers_problem(answers, context) if isinstance(context, str) else None
                 if problem:
-                    raise DataError(f"{where} row {row}, column {roles['answers']!r}: {problem}")
+                    problems.add(where, roles["answers"], row, problem)
+        problems.raise_if_any()
 
     def check_with_tokenizer(
         self, spec: FineTuneJobSpec, datasets: DatasetDict, tokenizer: PreTrainedTokenizerBase
@@ -264,15 +268,15 @@ def _answers_problem(answers: Any, context: str) -> str | None:
         )
     texts, starts = answers["text"], answers["answer_start"]
     if not isinstance(texts, list) or not isinstance(starts, list) or len(texts) != len(starts):
-        return f"answers.text and answers.answer_start must be lists of the same length, got {answers!r}"
+        return f"give answers.text and answers.answer_start as lists of the same length, got {answers!r}"
     for text, start in zip(texts, starts, strict=True):
         if not isinstance(start, int) or not isinstance(text, str):
-            return f"answer {text!r} at {start!r}: text must be a string and answer_start a character offset"
+            return f"answer {text!r} at {start!r}: give the text as a string and answer_start as a character offset"
         if context[start : start + len(text)] != text:
             found = context[start : start + len(text)]
             return (
                 f"answer {text!r} is not at answer_start {start} of the context (found {found!r}); "
-                "answer_start is the character offset of the answer in the context"
+                "set answer_start to the character offset of the answer in the context, or fix the answer's text"
             )
     return None
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from finetune_trainer.data import describe_split, require_columns
-from finetune_trainer.errors import DataError
+from finetune_trainer.data_checks import RowProblems
 from finetune_trainer.losses import binary_cross_entropy_loss, cross_entropy_loss
 from finetune_trainer.tasks.base import (
     LabelIndex,
@@ -50,8 +50,8 @@ class LabelEncoder:
             value = [value]
         if not isinstance(value, list):
             raise ValueError(
-                f"label {value!r} is not a list; with task.multiLabel each row's label is a list of label names "
-                f"or a multi-hot list of {n} zeros and ones"
+                f"label {value!r} is not a list; with task.multiLabel give each row's label as a list of label "
+                f"names or a multi-hot list of {n} zeros and ones"
             )
         hot = [0.0] * n
         if value and all(not isinstance(v, str) for v in value):
@@ -95,19 +95,20 @@ class SequenceClassificationTask:
     def check_dataset(self, spec: FineTuneJobSpec, datasets: DatasetDict) -> None:
         """Columns present, texts are strings, every label is in task.labels."""
         encoder = LabelEncoder(spec.task.labels, spec.task.multi_label)
+        problems = RowProblems()
         for split, dataset in datasets.items():
             roles = self._read_roles(spec, dataset)
             require_columns(dataset, spec, split, roles)
+            where = describe_split(spec, split)
             for role in ("text", "textPair"):
                 if role in roles:
-                    _check_strings(dataset, spec, split, roles[role], role)
+                    _check_strings(dataset, where, roles[role], role, problems)
             for row, value in enumerate(dataset[roles["label"]]):
                 try:
                     encoder.encode(value)
                 except ValueError as err:
-                    raise DataError(
-                        f"{describe_split(spec, split)} row {row}, column {roles['label']!r}: {err}"
-                    ) from None
+                    problems.add(where, roles["label"], row, str(err))
+        problems.raise_if_any()
 
     def load_model(self, spec: FineTuneJobSpec, model_path: str, load_kwargs: dict[str, Any]) -> PreTrainedModel:
         """The model with a classification head of len(task.labels) outputs, labelled by name."""
@@ -168,13 +169,10 @@ class SequenceClassificationTask:
         )
 
 
-def _check_strings(dataset: Dataset, spec: FineTuneJobSpec, split: str, column: str, role: str) -> None:
+def _check_strings(dataset: Dataset, where: str, column: str, role: str, problems: RowProblems) -> None:
     for row, value in enumerate(dataset[column]):
         if not isinstance(value, str):
-            raise DataError(
-                f"{describe_split(spec, split)} row {row}, column {column!r} ({role}): expected text, "
-                f"got {value!r}; fill or drop the row"
-            )
+            problems.add(where, column, row, f"({role}) expected text, got {value!r}; fill or drop the row")
 
 
 def _logits(predictions: Any) -> np.ndarray:

@@ -14,7 +14,7 @@ import re
 from typing import TYPE_CHECKING, Any
 
 from finetune_trainer.data import describe_split, require_columns
-from finetune_trainer.errors import DataError
+from finetune_trainer.data_checks import RowProblems
 from finetune_trainer.losses import IGNORE_INDEX, cross_entropy_loss
 from finetune_trainer.tasks.base import (
     LabelIndex,
@@ -70,25 +70,28 @@ class TokenClassificationTask:
                 "task.labels %s do not follow the IOB scheme (O, B-X, I-X); seqeval's entity F1 will be misleading",
                 ", ".join(odd),
             )
+        problems = RowProblems()
         for split, dataset in datasets.items():
             require_columns(dataset, spec, split, roles)
             where = describe_split(spec, split)
             for row, (words, tags) in enumerate(zip(dataset[roles["tokens"]], dataset[roles["tags"]], strict=True)):
                 if not isinstance(words, list) or not all(isinstance(w, str) for w in words):
-                    raise DataError(
-                        f"{where} row {row}, column {roles['tokens']!r}: expected a list of words, got {words!r}"
+                    problems.add(where, roles["tokens"], row, f"expected a list of words, got {words!r}")
+                elif not isinstance(tags, list) or len(tags) != len(words):
+                    count = len(tags) if isinstance(tags, list) else repr(tags)
+                    problems.add(
+                        where,
+                        roles["tags"],
+                        row,
+                        f"{count} tags for {len(words)} words in {roles['tokens']!r}; give exactly one tag per word",
                     )
-                if not isinstance(tags, list) or len(tags) != len(words):
-                    raise DataError(
-                        f"{where} row {row}: {len(words)} words in {roles['tokens']!r} but "
-                        f"{len(tags) if isinstance(tags, list) else tags!r} tags in {roles['tags']!r}; "
-                        "give exactly one tag per word"
-                    )
-                for tag in tags:
-                    try:
-                        index.id_of(tag)
-                    except ValueError as err:
-                        raise DataError(f"{where} row {row}, column {roles['tags']!r}: {err}") from None
+                else:
+                    for tag in tags:
+                        try:
+                            index.id_of(tag)
+                        except ValueError as err:
+                            problems.add(where, roles["tags"], row, str(err))
+        problems.raise_if_any()
 
     def load_model(self, spec: FineTuneJobSpec, model_path: str, load_kwargs: dict[str, Any]) -> PreTrainedModel:
         """The model with a per-token classifier over task.labels."""
