@@ -188,4 +188,4 @@ def test_a_local_checkpoint_of_another_method_is_refused_not_resumed(tmp_path: P
     assert "spec.method.type: the checkpoint was trained with 'full', the spec now says 'lora'" in outcome.stderr
     assert "train into another output directory" in outcome.stderr
     assert harness.listing(out) == before
-    assert json.loads((out / "checkpoint-fingerprint.json").read_text())["spec"]["method.type"] == "full"
+    assert json.loads((out / "resume-fingerprint.json").read_text())["spec"]["method.type"] == "full"

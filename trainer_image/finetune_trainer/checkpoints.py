@@ -216,7 +216,7 @@ class JobLocation:
 
 
 # In a local output directory: the fingerprint of the spec its checkpoints were trained with.
-LOCAL_FINGERPRINT_FILE = "checkpoint-fingerprint.json"
+LOCAL_FINGERPRINT_FILE = "resume-fingerprint.json"
 
 
 def fingerprint_fields(spec: FineTuneJobSpec) -> dict[str, Any]:
