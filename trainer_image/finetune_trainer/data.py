@@ -268,12 +268,13 @@ def _load_hub_splits(spec: FineTuneJobSpec) -> tuple[Dataset, Dataset | None]:
     assert ds.name is not None
     what = f"hub dataset {ds.name!r}" + (f" (config {ds.config!r})" if ds.config else "")
     try:
-        loaded = retry_transient(
-            f"loading {what}", lambda: load_dataset(ds.name, ds.config), budget_seconds=load_retry_seconds()
-        )
+        if _offline():  # nothing to wait for: datasets reports the missing cache entry as a ConnectionError
+            loaded = load_dataset(ds.name, ds.config)
+        else:
+            loaded = retry_transient(
+                f"loading {what}", lambda: load_dataset(ds.name, ds.config), budget_seconds=load_retry_seconds()
+            )
     except RetryableError as err:  # the hub stayed unreachable, slow or overloaded for the whole budget
-        if _offline():
-            raise DataError(_offline_message(what)) from None
         raise RetryableError(f"dataset.name: cannot load {what}: {err}") from err
     except Exception as err:  # a missing dataset or config, a gated one without a token: the message says which
         if _offline():
