@@ -166,7 +166,7 @@ def attach_adapter(model: PreTrainedModel, config: Any, field: str) -> Any:
     from peft import get_peft_model
     from peft.utils import NoMatchingPeftModuleError
 
-    targets = config.target_modules
+    targets = getattr(config, "target_modules", None)  # prompt methods (prefix, p-tuning) have none
     missing = unmatched_targets(model, sorted(targets)) if isinstance(targets, list | set | tuple) else []
     existing = ", ".join(linear_module_names(model)[:30])
     if missing:
