@@ -41,7 +41,13 @@ def api_client() -> client.ApiClient:
 
 
 def _json(response: Any) -> dict[str, Any]:
-    return dict(json.loads(response.data))
+    return dict(json.loads(_read(response)))
+
+
+def _read(response: Any) -> bytes:
+    # Reading the whole body hands the connection back to the pool; an unread response would
+    # keep it until garbage collection, and the next call would open (and TLS-handshake) another.
+    return bytes(response.data)
 
 
 def _core() -> client.CoreV1Api:
@@ -117,7 +123,7 @@ def delete_job(namespace: str, name: str, uid: str) -> None:
     """Delete this Job (by uid, so never a newer one of the same name); its pods go by garbage collection."""
     body = {"propagationPolicy": "Background", "preconditions": {"uid": uid}}
     try:
-        _batch().delete_namespaced_job(name, namespace, body=body, _preload_content=False)
+        _read(_batch().delete_namespaced_job(name, namespace, body=body, _preload_content=False))
     except ApiException as err:
         if err.status not in (404, 409):
             raise
@@ -130,7 +136,9 @@ def read_config_map(namespace: str, name: str) -> dict[str, Any] | None:
 
 def patch_config_map(namespace: str, name: str, patch: dict[str, Any]) -> None:
     """Merge-patch a ConfigMap."""
-    _core().patch_namespaced_config_map(name, namespace, patch, _content_type=MERGE_PATCH, _preload_content=False)
+    _read(
+        _core().patch_namespaced_config_map(name, namespace, patch, _content_type=MERGE_PATCH, _preload_content=False)
+    )
 
 
 def list_pods(namespace: str, selector: str) -> list[dict[str, Any]]:
@@ -191,7 +199,7 @@ def read_finetunejob(namespace: str, name: str) -> dict[str, Any] | None:
 
 def patch_status(namespace: str, name: str, status: dict[str, Any]) -> None:
     """Merge-patch the status subresource (fields not named are left as they are)."""
-    _custom().patch_namespaced_custom_object_status(
+    response = _custom().patch_namespaced_custom_object_status(
         API_GROUP,
         API_VERSION,
         namespace,
@@ -201,3 +209,4 @@ def patch_status(namespace: str, name: str, status: dict[str, Any]) -> None:
         _content_type=MERGE_PATCH,
         _preload_content=False,
     )
+    _read(response)

@@ -79,11 +79,12 @@ def _job_state(name: str, nodes: int, job: dict[str, Any], restarts: int) -> _St
     if _job_condition(job, "Suspended") is not None or (job.get("spec") or {}).get("suspend"):
         message = "suspended (runPolicy.suspend); set it to false to resume from the last checkpoint"
         return _State("Suspended", "Suspended", "Suspended", message)
-    ready, active = int(js.get("ready") or 0), int(js.get("active") or 0)
+    ready = int(js.get("ready") or 0)
     if ready > 0:
         after = f" after {restarts} restarts" if restarts else ""
         return _State("Running", "Running", "PodsRunning", f"training on {ready}/{nodes} pods{after}")
-    message = f"waiting for {nodes} pods to be scheduled and started ({active} created)"
+    # No pod count here: each count would be one more status write (and watch event) per job.
+    message = f"waiting for {nodes} pods to be scheduled and started"
     return _State("Pending", "Pending", "PodsPending", message)
 
 
