@@ -23,6 +23,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
@@ -81,7 +82,7 @@ def kube_from_env() -> Kube:
 
 def add_gpu_nodes(kube: Kube, count: int, prefix: str) -> list[str]:
     """Extra KWOK-managed 8-GPU nodes so every job's pod can be scheduled at once."""
-    nodes = []
+    nodes: list[dict[str, Any]] = []
     for i in range(count):
         name = f"{prefix}-{i}"
         nodes.append(
