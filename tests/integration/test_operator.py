@@ -240,6 +240,14 @@ def _merge_patch(kube: Kube, ns: str, name: str, spec: dict[str, Any]) -> None:
     kube.kubectl("patch", "ftj", name, "-n", ns, "--type=merge", "-p", json.dumps({"spec": spec}))
 
 
+def _delete_and_wait(kube: Kube, ns: str, name: str) -> None:
+    """Delete a job whose pods still run, and wait until they are gone: pods left running when the
+    test's namespace is deleted can keep their Job finalizer, and their GPUs, on the KWOK nodes."""
+    kube.kubectl("delete", "ftj", name, "-n", ns, "--wait=true", "--timeout=60s")
+    pods = lambda: kube.kubectl_json("get", "pods", "-n", ns, "-l", f"finetune.dev/job={name}")["items"]  # noqa: E731
+    wait_for(f"the pods of {name} to go", lambda: pods() == [], timeout=60)
+
+
 def _observed(kube: Kube, ns: str, name: str) -> bool:
     obj = get(kube, ns, "ftj", name)
     return bool((obj.get("status") or {}).get("observedGeneration") == obj["metadata"]["generation"])
@@ -264,6 +272,7 @@ def test_live_change_is_applied_to_the_running_job(operator: OperatorProcess, ku
         p["metadata"]["uid"] for p in kube.kubectl_json("get", "pods", "-n", ns, "-l", "finetune.dev/job=live")["items"]
     }
     assert after == pod_uids and phase(kube, ns, "live") == "Running"
+    _delete_and_wait(kube, ns, "live")
 
 
 def test_resources_change_while_suspended_is_applied_on_resume(operator: OperatorProcess, kube_namespace: str) -> None:
@@ -293,6 +302,7 @@ def test_resources_change_while_suspended_is_applied_on_resume(operator: Operato
     wait_for("phase Running", lambda: phase(kube, ns, "grow") == "Running", timeout=60)
     config = get(kube, ns, "configmap", "grow-config")["data"]["job.yaml"]
     assert "nodes: 2" in config  # the trainer reads the new topology
+    _delete_and_wait(kube, ns, "grow")
 
 
 def test_delete_garbage_collects_children(operator: OperatorProcess, kube_namespace: str) -> None:
