@@ -98,7 +98,11 @@ def updated_job(actual: dict[str, Any], desired: dict[str, Any], *, template: bo
     }
     meta["annotations"] = {**(meta.get("annotations") or {}), **(want_meta.get("annotations") or {})}
     spec, want = job["spec"], desired["spec"]
+    # A queued job's Job is resumed by Kueue when it admits it: only suspending is ours to do.
+    queued = KUEUE_QUEUE_LABEL in (want_meta.get("labels") or {})
     for field in _LIVE_FIELDS:
+        if field == "suspend" and queued and not want.get("suspend"):
+            continue
         if field in want:
             spec[field] = want[field]
         else:

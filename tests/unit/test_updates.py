@@ -120,6 +120,19 @@ def test_queue_name_change_moves_the_kueue_label() -> None:
     assert "kueue.x-k8s.io/queue-name" not in put["metadata"]["labels"]
 
 
+def test_a_queued_job_is_left_for_kueue_to_resume() -> None:
+    queued = _live(_job(1, runPolicy={"queueName": "a"}))
+    queued["spec"]["suspend"] = True  # Kueue's webhook suspended it until admission
+    put = updated_job(queued, _job(2, runPolicy={"queueName": "a", "backoffLimit": 9}), template=False)
+    assert put["spec"]["suspend"] is True and put["spec"]["backoffLimit"] == 9
+    put = updated_job(
+        _live(_job(1, runPolicy={"queueName": "a"})),
+        _job(2, runPolicy={"queueName": "a", "suspend": True}),
+        template=False,
+    )
+    assert put["spec"]["suspend"] is True  # suspending is the user's call
+
+
 def test_a_finished_job_is_never_rerun() -> None:
     done = _live(_job(1), conditions=[{"type": "Complete", "status": "True"}])
     plan = plan_job(done, _job(2, runPolicy={"suspend": True}, resources={"memory": "96Gi"}))
