@@ -28,7 +28,7 @@ log() { printf 'images.sh: %s\n' "$*" >&2; }
 ensure_tools() {
   local missing=()
   for pkg in podman buildah runc mmdebstrap uidmap; do
-    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || missing+=("$pkg")
+    [[ "$(dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null)" == "install ok installed" ]] || missing+=("$pkg")
   done
   if ((${#missing[@]})); then
     log "installing ${missing[*]} (apt-get)"

@@ -3,8 +3,9 @@
 #
 # Idempotent: each binary's file name carries its version (and, for our own Go
 # program, a hash of its sources), so a binary that already exists is skipped.
-# Usage: tests/cluster/build.sh [controlplane|kwok|helm|minio|kubectl ...]
-# (default: controlplane kwok helm minio; kubectl only where the machine has none)
+# Usage: tests/cluster/build.sh [controlplane|kwok|helm|minio|kubectl|node|coredns ...]
+# (default: controlplane kwok helm minio; kubectl only where the machine has none; node
+# and coredns for the real node, tests/cluster/node.sh)
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -69,7 +70,7 @@ build_kubectl() {
 # Our control-plane program: keyed by the Kubernetes version and a hash of its sources.
 controlplane_target() {
   local hash
-  hash="$(cd "$here" && cat go.mod go.sum $(find . -name '*.go' -not -path './testdata/*' | LC_ALL=C sort) | sha256sum | cut -c1-12)"
+  hash="$(cd "$here" && cat go.mod go.sum $(find . -name '*.go' -not -path './testdata/*' -not -path './node/*' | LC_ALL=C sort) | sha256sum | cut -c1-12)"
   echo "$bin_dir/ftj-cluster-$KUBERNETES_VERSION-$hash"
 }
 
@@ -89,6 +90,28 @@ build_controlplane() {
   log "ftj-cluster: built in $((SECONDS - start)) s"
 }
 
+# The real node's program (node/, its own Go module): the upstream kubelet and kube-proxy.
+node_target() {
+  local hash
+  hash="$(cd "$here/node" && cat go.mod go.sum *.go | sha256sum | cut -c1-12)"
+  echo "$bin_dir/ftj-node-$KUBERNETES_VERSION-$hash"
+}
+
+build_node() {
+  local target
+  target="$(node_target)"
+  if [[ -x "$target" ]]; then
+    log "ftj-node $KUBERNETES_VERSION: cached ($(basename "$target"))"
+    return
+  fi
+  log "ftj-node $KUBERNETES_VERSION: go build (kubelet and kube-proxy)"
+  local start=$SECONDS
+  (cd "$here/node" && "${nice_cmd[@]}" go build -trimpath -ldflags="$ldflags $(version_ldflags)" -o "$target.tmp" .)
+  mv "$target.tmp" "$target"
+  find "$bin_dir" -maxdepth 1 -name "ftj-node-*" ! -name "$(basename "$target")" -delete
+  log "ftj-node: built in $((SECONDS - start)) s"
+}
+
 what=("$@")
 [[ ${#what[@]} -gt 0 ]] || what=(controlplane kwok helm minio)
 for w in "${what[@]}"; do
@@ -99,6 +122,9 @@ for w in "${what[@]}"; do
     kubectl) build_kubectl ;;
     minio) go_install minio github.com/minio/minio "$MINIO_VERSION" ;;
     print-controlplane) controlplane_target ;;
+    node) build_node ;;
+    coredns) go_install coredns github.com/coredns/coredns "$COREDNS_VERSION" ;;
+    print-node) node_target ;;
     *) echo "build.sh: unknown target '$w'" >&2; exit 2 ;;
   esac
 done

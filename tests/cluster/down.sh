@@ -21,6 +21,9 @@ if [[ -z "${FTJ_CLUSTER_LOCK_HELD:-}" ]]; then
   flock 9
 fi
 
+# The real node first (tests/cluster/node.sh), when this cluster has it.
+[[ -d "$run_dir/node" ]] && FTJ_CLUSTER_RUN_DIR="$run_dir" "$here/node.sh" stop
+
 # Stop the clients of the API server first, the API server (and its etcd) and MinIO last.
 order=(kwok scheduler controller-manager apiserver minio)
 pids=()

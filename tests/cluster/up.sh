@@ -101,8 +101,9 @@ launch() {
 "$controlplane" pki --run-dir "$run_dir" --apiserver-port "$apiserver_port"
 admin_kubeconfig="$run_dir/admin.kubeconfig"
 
+# A real node (node.sh) registers as its InternalIP; its name does not resolve.
 launch apiserver "$controlplane" apiserver --run-dir "$run_dir" --port "$apiserver_port" \
-  --etcd-port "$etcd_port" --etcd-peer-port "$etcd_peer_port"
+  --etcd-port "$etcd_port" --etcd-peer-port "$etcd_peer_port" -- --kubelet-preferred-address-types=InternalIP,Hostname
 
 mkdir -p "$run_dir/minio-data"
 MINIO_ROOT_USER="$s3_access_key" MINIO_ROOT_PASSWORD="$s3_secret_key" MINIO_BROWSER=off \
