@@ -384,6 +384,7 @@ def test_trainer_token_patches_its_own_status_only(operator: OperatorProcess, ku
     kube.kubectl("patch", "ftj", "mine", "-n", ns, "--type=merge", "-p", '{"spec":{"runPolicy":{"suspend":true}}}')
     wait_for("phase Suspended", lambda: phase(kube, ns, "mine") == "Suspended")
     assert get(kube, ns, "ftj", "mine")["status"]["progress"]["step"] == 5
+    _delete_and_wait(kube, ns, "theirs")
 
 
 def test_metrics_count_jobs_by_phase_and_reconciles(operator: OperatorProcess, kube_namespace: str) -> None:
