@@ -29,7 +29,11 @@ pure_and_cp312=(
   dill==0.4.1
   multiprocess==0.70.19
   hjson==3.1.0
+  # training.ligerKernels (pure Python; its Triton kernels compile on first use with the image's triton).
+  liger-kernel==0.8.5
 )
+# flash-attn is not fetched: PyPI has only its source distribution (no wheel for any torch), and building it
+# needs the CUDA toolkit and hours. Without it the check's lora-fa2 run is skipped and attention auto uses sdpa.
 "$pip" download --no-deps --only-binary=:all: \
   --python-version 3.12 --implementation cp --abi cp312 \
   --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform any \

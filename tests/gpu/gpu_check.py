@@ -13,6 +13,8 @@ Runs (each through ``finetune_trainer.engine.train``, the trainer's own code pat
 * ``full-bf16``  causal-lm SFT, method full, bf16
 * ``zero2``      full fine-tuning under DeepSpeed ZeRO-2 (one process launched by torchrun)
 * ``zero3``      full fine-tuning under DeepSpeed ZeRO-3 (one process launched by torchrun)
+* ``lora-sdpa``, ``lora-fa2``, ``lora-padded``, ``lora-padfree``, ``lora-liger``, ``lora-compile``: LoRA SFT
+  with one throughput option changed (see throughput_runs.py), printed beside published figures
 
 Each run is its own process, so a crash, an out-of-memory or a missing package ends that run only; its
 error is recorded and the others' figures are kept. For each run it reports tokens/s (after warm-up
@@ -43,8 +45,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+# The script's own folder is on sys.path when it runs as a script (python3 tests/gpu/gpu_check.py).
+from throughput_runs import OPTION_RUNS, check_wiring, missing_packages, print_anchors
+
 REPO = Path(__file__).resolve().parents[2]
-RUNS = ("qlora-sft", "lora-sft", "full-bf16", "zero2", "zero3")
+BASE_RUNS = ("qlora-sft", "lora-sft", "full-bf16", "zero2", "zero3")
+RUNS = (*BASE_RUNS, *OPTION_RUNS)  # the throughput options: see throughput_runs.py
 DEEPSPEED_RUNS = {"zero2": 2, "zero3": 3}
 RESULT_FILE = "gpu_check.json"
 
@@ -158,7 +164,13 @@ def build_assets(work: Path, size: Size, device: str) -> dict[str, Any]:
     with data.open("w") as f:
         for _ in range(rows):
             f.write(json.dumps({"text": " ".join(rng.choice(words) for _ in range(size.seq_len - 1))}) + "\n")
-    return {"model_dir": str(model_dir), "data": str(data), "n_params": n_params}
+    # Rows of 1/8 to all of seq_len tokens, for padded vs padding-free batches.
+    varlen = work / "train-varlen.jsonl"
+    with varlen.open("w") as f:
+        for _ in range(rows):
+            n = rng.randint(max(size.seq_len // 8, 2), size.seq_len) - 1
+            f.write(json.dumps({"text": " ".join(rng.choice(words) for _ in range(n))}) + "\n")
+    return {"model_dir": str(model_dir), "data": str(data), "data_varlen": str(varlen), "n_params": n_params}
 
 
 # ---- one run ----
@@ -179,7 +191,7 @@ def run_spec(name: str, assets: dict[str, Any], size: Size, dry_run: bool) -> di
             "lora": lora,
             "quantization": {"quantType": "nf4", "doubleQuant": True, "computeDtype": "bfloat16"},
         }
-    elif name == "lora-sft":
+    elif name == "lora-sft" or name in OPTION_RUNS:
         method = {"type": "lora", "lora": lora}
     else:
         method = {"type": "full"}
@@ -204,6 +216,11 @@ def run_spec(name: str, assets: dict[str, Any], size: Size, dry_run: bool) -> di
     }
     if name in DEEPSPEED_RUNS:
         spec["distributed"] = {"strategy": "deepspeed", "deepspeed": {"stage": DEEPSPEED_RUNS[name]}}
+    if name in OPTION_RUNS:
+        option = OPTION_RUNS[name]
+        spec["training"].update(option.training)
+        if option.data == "varlen":
+            spec["dataset"]["files"]["train"] = assets["data_varlen"]
     return spec
 
 
@@ -212,8 +229,9 @@ def worker(name: str, work: Path, size: Size, dry_run: bool, result_path: Path) 
     import torch
     from transformers import TrainerCallback
 
+    from finetune_api.spec import wire
     from finetune_api.validation import parse_spec
-    from finetune_trainer import engine
+    from finetune_trainer import engine, kernels
 
     cuda = torch.cuda.is_available()
     assets = json.loads((work / "assets.json").read_text())
@@ -273,6 +291,7 @@ def worker(name: str, work: Path, size: Size, dry_run: bool, result_path: Path) 
         "loss_last": losses[-1] if losses else None,
         "wall_s": wall,
         "quantized_4bit_layers": sum(type(m).__name__ == "Linear4bit" for m in result.model.modules()),
+        "runtime": wire(kernels.runtime(result.trainer)),  # attention, padding-free, Liger, compile, optimiser
     }
     figures.update(estimate_figures(spec, assets, result, figures))
     if int(os.environ.get("RANK", "0")) == 0:
@@ -353,6 +372,13 @@ def run_one(name: str, args: argparse.Namespace, work: Path) -> Outcome:
     script = [str(Path(__file__).resolve()), "--worker", name, "--workdir", str(work)]
     if args.dry_run:
         script.append("--dry-run")
+    if name in OPTION_RUNS:
+        missing = missing_packages(name)
+        if missing and not (args.dry_run and OPTION_RUNS[name].gpu_only):
+            return Outcome(name, False, {}, f"skipped: {', '.join(missing)} not installed (see tests/gpu/README.md)")
+        if args.dry_run and OPTION_RUNS[name].gpu_only:
+            assets = json.loads((work / "assets.json").read_text())
+            return Outcome(name, False, {}, check_wiring(name, run_spec(name, assets, DRY_SIZE, True)))
     if name in DEEPSPEED_RUNS:
         if args.dry_run:
             return Outcome(name, False, {}, "skipped in --dry-run: DeepSpeed needs CUDA (its CPU backend needs oneCCL)")
@@ -530,6 +556,7 @@ def main(argv: list[str] | None = None) -> int:
         save()
     print()
     print_table(outcomes, peak)
+    print_anchors(outcomes)
     print(f"\nsummary: {destination}")
     return 0 if all(status_of(o) != "FAILED" for o in outcomes) else 1
 

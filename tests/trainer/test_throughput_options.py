@@ -145,6 +145,9 @@ def test_liger_without_the_package_or_for_an_unknown_architecture_is_refused() -
         kernels.check_liger(_spec({"ligerKernels": True}), Model())
     assert ("liger-kernel package" in str(err.value)) != kernels.has_package("liger_kernel")
     kernels.check_liger(_spec({}), Model())  # off: nothing to check
+    Config.model_type = "llama"
+    if kernels.has_package("liger_kernel"):
+        kernels.check_liger(_spec({"ligerKernels": True}), Model())  # Llama has Liger kernels
 
 
 @pytest.mark.slow
