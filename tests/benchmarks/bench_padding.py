@@ -19,6 +19,15 @@ all padding could save if time were proportional to tokens) and how much of that
 
     .venv/bin/python tests/benchmarks/bench_padding.py --steps 8 --batch-size 16
 
+Two more sections (``--section``; all three by default), described in ``padding_runs.py``:
+
+- ``padding-free``: the seed's fixed padding vs dynamic padding vs padding-free batches vs packing, for
+  causal-LM SFT on the same two distributions (padding-free cannot serve a classification head);
+- ``overhead``: our trainer vs a plain ``transformers.Trainer`` with the same model, data, collator and
+  TrainingArguments (MiniLM classification, short texts), status reporting on.
+
+    .venv/bin/python tests/benchmarks/bench_padding.py --steps 4 --repeats 1 --section padding-free
+
 This is a script, not a test: it takes minutes and its numbers depend on the machine.
 """
 
@@ -31,6 +40,7 @@ import random
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,6 +53,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+from tests.benchmarks import padding_runs as padding_runs_module  # noqa: E402
 from tests.trainer import tiny  # noqa: E402
 from tests.trainer.sentiment import INTENSIFIERS, LABELS, NEGATIVE, POSITIVE, SUBJECTS, TRAIN_TEMPLATES  # noqa: E402
 
@@ -134,10 +145,11 @@ class StepTimer:
 
         self.callback = _Callback()
 
-    def speed(self) -> Speed:
+    def speed(self, per_step: float | None = None) -> Speed:
+        """Examples per second; ``per_step`` examples per optimiser step (default: the batch size)."""
         if len(self.ends) < 2:
             raise SystemExit("--steps must be at least 2: the first step is not timed")
-        samples = self.batch_size * (len(self.ends) - 1)
+        samples = (per_step or self.batch_size) * (len(self.ends) - 1)
         (wall0, cpu0), (wall1, cpu1) = self.ends[0], self.ends[-1]
         return Speed(wall=samples / (wall1 - wall0), cpu=samples / (cpu1 - cpu0))
 
@@ -209,16 +221,98 @@ def our_trainer(texts_file: Path, steps: int, batch_size: int, lr: float, out: P
     return timer.speed()
 
 
+Run = Callable[[], Speed]
+
+
+def measure(runs: dict[str, Run], repeats: int) -> dict[str, Speed]:
+    """Best throughput per pipeline over ``repeats`` rounds, rotating the order so none always runs first."""
+    speeds: dict[str, Speed] = {}
+    names = list(runs)
+    for repeat in range(repeats):
+        for name in names[repeat % len(names) :] + names[: repeat % len(names)]:
+            start = time.perf_counter()
+            speed = runs[name]()
+            best = speeds.get(name, Speed(0.0, 0.0))
+            speeds[name] = Speed(max(best.wall, speed.wall), max(best.cpu, speed.cpu))
+            print(
+                f"  {name:36s} {speed.wall:8.2f} samples/s {speed.cpu:8.2f} samples/CPU-s"
+                f"   ({time.perf_counter() - start:.0f} s wall)",
+                flush=True,
+            )
+    return speeds
+
+
+def timed(batch_size: int, train: Callable[[Any], float | None]) -> Speed:
+    """Run ``train(timer)``; it returns examples per step (None: the batch size)."""
+    timer = StepTimer(batch_size)
+    return timer.speed(train(timer))
+
+
+def padding_runs(section: str, kind: str, path: Path, tmp: Path, args: argparse.Namespace) -> dict[str, Run]:
+    """The pipelines of one section on one distribution; the first is the baseline."""
+    n, b = args.steps, args.batch_size
+    if section == "classification":
+        runs: dict[str, Run] = {
+            "seed (padding=max_length)": lambda: seed_pipeline(path, n, b, 2e-5, tmp / f"seed-{kind}"),
+            "ours (dynamic padding)": lambda: our_trainer(path, n, b, 2e-5, tmp / f"ours-{kind}", False),
+        }
+        if args.group_by_length:
+            runs["ours (dynamic + group_by_length)"] = lambda: our_trainer(
+                path, n, b, 2e-5, tmp / f"grouped-{kind}", True
+            )
+        return runs
+    model = tmp / "causal-model"
+    if not model.is_dir():
+        padding_runs_module.build_causal_model(model)
+    seed = padding_runs_module.seed_causal
+    ours = padding_runs_module.ours_causal
+    return {
+        "seed causal-lm (padding=max_length)": lambda: timed(b, lambda t: seed(model, path, n, b, tmp / "s", t)),
+        **{
+            f"ours causal-lm ({mode})": (
+                lambda mode=mode: timed(b, lambda t: ours(model, path, n, b, tmp / mode, t, mode))
+            )
+            for mode in ("dynamic", "padding-free", "packing")
+        },
+    }
+
+
+def overhead(path: Path, tmp: Path, args: argparse.Namespace) -> tuple[Speed, Speed]:
+    """(plain Trainer, ours) on the same model, data, collator and TrainingArguments."""
+    n, b = args.overhead_steps, args.batch_size
+    runs: dict[str, Run] = {
+        "plain transformers.Trainer": lambda: timed(
+            b, lambda t: padding_runs_module.plain_classification(path, n, b, tmp / "plain", t)
+        ),
+        "ours (engine.train, status on)": lambda: timed(
+            b, lambda t: padding_runs_module.ours_classification(path, n, b, tmp / "ours", t)
+        ),
+    }
+    speeds = measure(runs, args.overhead_repeats)
+    plain, ours = speeds.values()
+    return plain, ours
+
+
+def load() -> str:
+    return " ".join(f"{x:.1f}" for x in os.getloadavg())
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=6, help="optimiser steps per run (the first is not timed)")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--rows", type=int, default=800, help="generated examples per distribution")
     parser.add_argument("--distribution", choices=["reviews", "short", "both"], default="both")
+    parser.add_argument(
+        "--section", nargs="+", choices=["classification", "padding-free", "overhead"],
+        default=["classification", "padding-free", "overhead"],
+    )  # fmt: skip
     parser.add_argument("--group-by-length", action="store_true", help="also run ours with length grouping")
     parser.add_argument(
         "--repeats", type=int, default=2, help="runs per pipeline, in rotating order; the best counts (shared CPUs)"
     )
+    parser.add_argument("--overhead-steps", type=int, default=21, help="steps per run of the overhead pair")
+    parser.add_argument("--overhead-repeats", type=int, default=3, help="runs per side of the overhead pair")
     args = parser.parse_args(argv)
 
     import torch
@@ -228,65 +322,49 @@ def main(argv: list[str] | None = None) -> int:
     transformers.logging.set_verbosity_error()
     tokenizer = AutoTokenizer.from_pretrained(str(tiny.MINILM_DIR))
     kinds = ["reviews", "short"] if args.distribution == "both" else [args.distribution]
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, MiniLM-L6 full fine-tuning, fp32 CPU")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, full fine-tuning, fp32 CPU, sdpa")
     print(f"steps {args.steps}, batch size {args.batch_size}, max_length {MAX_LENGTH}, learning rate 2e-5")
-    print(f"load average at start: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
+    print(f"load average at start: {load()}")
     results = []
-    with tempfile.TemporaryDirectory() as tmp:
+    overhead_result = None
+    with tempfile.TemporaryDirectory() as name:
+        tmp = Path(name)
         for kind in kinds:
             data = rows(kind, args.rows)
-            path = tiny.write_jsonl(Path(tmp) / f"{kind}.jsonl", data)
+            path = tiny.write_jsonl(tmp / f"{kind}.jsonl", data)
             stats = token_stats([r["text"] for r in data], tokenizer, args.batch_size)
-            runs = {
-                "seed (padding=max_length)": lambda p=path, k=kind: seed_pipeline(
-                    p, args.steps, args.batch_size, 2e-5, Path(tmp) / f"seed-{k}"
-                )
-            }
-            runs["ours (dynamic padding)"] = lambda p=path, k=kind: our_trainer(
-                p, args.steps, args.batch_size, 2e-5, Path(tmp) / f"ours-{k}", False
-            )
-            if args.group_by_length:
-                runs["ours (dynamic + group_by_length)"] = lambda p=path, k=kind: our_trainer(
-                    p, args.steps, args.batch_size, 2e-5, Path(tmp) / f"grouped-{k}", True
-                )
             print(
                 f"\n== {kind}: median {stats['median_tokens']} tokens, {stats['share_at_limit']:.0%} at or over "
                 f"{MAX_LENGTH}; bound (padded / real tokens) {stats['bound']:.2f}x; random dynamic batches "
                 f"still compute {stats['dynamic_overhead']:.2f}x the real tokens"
             )
-            speeds: dict[str, Speed] = {}
-            names = list(runs)
-            for repeat in range(args.repeats):
-                # Rotate the order each repeat so no pipeline always runs first (cold) or last.
-                for name in names[repeat % len(names) :] + names[: repeat % len(names)]:
-                    start = time.perf_counter()
-                    speed = runs[name]()
-                    best = speeds.get(name, Speed(0.0, 0.0))
-                    speeds[name] = Speed(max(best.wall, speed.wall), max(best.cpu, speed.cpu))
-                    print(
-                        f"  {name:36s} {speed.wall:8.2f} samples/s {speed.cpu:8.2f} samples/CPU-s"
-                        f"   ({time.perf_counter() - start:.0f} s wall)"
-                    )
-            seed = speeds[names[0]]
-            for name, speed in speeds.items():
-                if name != names[0]:
-                    wall, cpu, bound = speed.wall / seed.wall, speed.cpu / seed.cpu, stats["bound"]
-                    print(
-                        f"  {name}: {wall:.2f}x the seed per wall second, {cpu:.2f}x per CPU second; "
-                        f"bound {bound:.2f}x; ratio/bound {wall / bound:.2f} (wall), {cpu / bound:.2f} (CPU)"
-                    )
-                    results.append((kind, name, seed, speed, bound))
-    print(f"\nload average at end: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
+            for section in [s for s in args.section if s != "overhead"]:
+                speeds = measure(padding_runs(section, kind, path, tmp, args), args.repeats)
+                names = list(speeds)
+                seed = speeds[names[0]]
+                for run in names[1:]:
+                    results.append((kind, run, seed, speeds[run], stats["bound"]))
+            if "overhead" in args.section and kind == "short":
+                print("\n== overhead of our layer (short texts, MiniLM classification, dynamic padding)")
+                overhead_result = overhead(path, tmp, args)
+    print(f"\nload average at end: {load()}")
     print(
         "\n| data | run | seed samples/s | ours samples/s | ratio | seed samples/CPU-s | ours samples/CPU-s | ratio "
         "| bound | ratio/bound (wall, CPU) |"
     )
     print("|---|---|---|---|---|---|---|---|---|---|")
-    for kind, name, seed, speed, bound in results:
+    for kind, run, seed, speed, bound in results:
         wall, cpu = speed.wall / seed.wall, speed.cpu / seed.cpu
         print(
-            f"| {kind} | {name} | {seed.wall:.2f} | {speed.wall:.2f} | {wall:.2f}x | {seed.cpu:.2f} | {speed.cpu:.2f} "
+            f"| {kind} | {run} | {seed.wall:.2f} | {speed.wall:.2f} | {wall:.2f}x | {seed.cpu:.2f} | {speed.cpu:.2f} "
             f"| {cpu:.2f}x | {bound:.2f}x | {wall / bound:.2f}, {cpu / bound:.2f} |"
+        )
+    if overhead_result is not None:
+        plain, ours = overhead_result
+        print(
+            f"\noverhead: plain Trainer {plain.wall:.2f} samples/s, {plain.cpu:.2f} samples/CPU-s; ours "
+            f"{ours.wall:.2f} samples/s, {ours.cpu:.2f} samples/CPU-s; ours/plain {ours.wall / plain.wall:.3f} "
+            f"(wall), {ours.cpu / plain.cpu:.3f} (CPU)"
         )
     return 0
 
