@@ -22,9 +22,28 @@ from tests.trainer import tiny, tiny_causal
 
 # Learning rates that move the tiny random model within 16 steps: adapters and soft prompts need far
 # larger steps than the full model.
-SFT_RATES = {"full": 3e-3, "lora": 2e-2, "qlora": 2e-2, "prompt-tuning": 3e-1}
-DPO_RATES = {"full": 1e-3, "lora": 1e-2, "qlora": 1e-2, "prompt-tuning": 1e-1}
-ADAPTER_METHODS = ("lora", "qlora", "prompt-tuning")
+SFT_RATES = {
+    "full": 3e-3,
+    "freeze": 3e-3,
+    "lora": 2e-2,
+    "qlora": 2e-2,
+    "ia3": 1e-1,
+    "prompt-tuning": 3e-1,
+    "p-tuning": 1e-2,
+    "prefix-tuning": 3e-2,
+}
+DPO_RATES = {
+    "full": 1e-3,
+    "freeze": 1e-3,
+    "lora": 1e-2,
+    "qlora": 1e-2,
+    "ia3": 5e-2,
+    "prompt-tuning": 1e-1,
+    "p-tuning": 1e-2,
+    "prefix-tuning": 1e-2,
+}
+ADAPTER_METHODS = ("lora", "qlora", "ia3", "prompt-tuning", "p-tuning", "prefix-tuning")
+NEW_METHODS = ("freeze", "ia3", "p-tuning", "prefix-tuning")
 PROBE_TEXTS = ["the apple is red and the", "Repeat the word: seven."]
 
 
@@ -55,7 +74,8 @@ CASES = [
         "messages",
         {"evalStrategy": "steps", "evalSteps": 8, "saveStrategy": "steps", "saveSteps": 8, "loadBestModelAtEnd": True},
     ),
-    *[Case("preference", m) for m in ("full", "lora", "qlora", "prompt-tuning")],
+    *[Case("causal-lm", m) for m in NEW_METHODS],
+    *[Case("preference", m) for m in ("full", "lora", "qlora", "prompt-tuning", *NEW_METHODS)],
     Case("preference", "lora", "chat"),
 ]
 
@@ -109,6 +129,12 @@ def spec_for(case: Case, model_dir: Path, data: dict[str, dict[str, str]]) -> di
         method["lora"] = {"r": 8, "alpha": 16, "dropout": 0.0}
     if case.method == "prompt-tuning":
         method["promptTuning"] = {"numVirtualTokens": 4, "initText": "Repeat the word"}
+    if case.method == "p-tuning":
+        method["pTuning"] = {"numVirtualTokens": 4}
+    if case.method == "prefix-tuning":
+        method["prefixTuning"] = {"numVirtualTokens": 4}
+    if case.method == "freeze":
+        method["freeze"] = {"trainableLayers": 1}
     return tiny_causal.causal_spec(model_dir, task, files, method, learningRate=rate, **training)
 
 
@@ -211,6 +237,8 @@ def test_only_the_method_s_parameters_train(trained: Trained) -> None:
     trainable, total = metrics["trainable_parameters"], metrics["total_parameters"]
     if trained.case.method == "full":
         assert trainable == total
+    elif trained.case.method == "freeze":
+        assert 0 < trainable < total
     else:
         assert trainable < 0.1 * total
 
@@ -233,7 +261,7 @@ def test_the_dpo_reference_is_the_adapter_free_base_or_a_frozen_copy(trained: Tr
         assert not any(p.requires_grad for p in trainer.ref_model.parameters())
         # The copy stayed the base while the policy moved away from it.
         policy, reference = trainer.model.state_dict(), trainer.ref_model.state_dict()
-        name = "model.layers.0.self_attn.q_proj.weight"
+        name = "model.layers.1.self_attn.q_proj.weight"  # the last layer: it trains under freeze too
         assert not torch.equal(policy[name], reference[name])
         base = engine_base_weights(trained)
         torch.testing.assert_close(reference[name], base[name], rtol=0, atol=0)
