@@ -31,6 +31,7 @@ from finetune_api.spec import (
 # Dataset column roles each task reads (keys of spec.task.columns) and their defaults.
 TASK_COLUMN_ROLES: dict[str, dict[str, str]] = {
     "sequence-classification": {"text": "text", "textPair": "text_pair", "label": "label"},
+    "regression": {"text": "text", "textPair": "text_pair", "label": "label"},
     "token-classification": {"tokens": "tokens", "tags": "tags"},
     "question-answering": {"id": "id", "question": "question", "context": "context", "answers": "answers"},
     "causal-lm": {
@@ -41,6 +42,7 @@ TASK_COLUMN_ROLES: dict[str, dict[str, str]] = {
         "messages": "messages",
     },
     "preference": {"prompt": "prompt", "chosen": "chosen", "rejected": "rejected"},
+    "reward-modeling": {"prompt": "prompt", "chosen": "chosen", "rejected": "rejected"},
 }
 
 

@@ -19,10 +19,12 @@ from finetune_api.contract import ENV_S3_ACCESS_KEY_ID, ENV_S3_SECRET_ACCESS_KEY
 
 TaskType = Literal[
     "sequence-classification",
+    "regression",
     "token-classification",
     "question-answering",
     "causal-lm",
     "preference",
+    "reward-modeling",
 ]
 MethodType = Literal[
     "full",
@@ -34,6 +36,22 @@ MethodType = Literal[
     "prompt-tuning",
     "p-tuning",
     "prefix-tuning",
+]
+# TRL 1.16's DPO loss variants that need no further settings (exo_pair needs label smoothing).
+DpoLoss = Literal[
+    "sigmoid",
+    "ipo",
+    "hinge",
+    "robust",
+    "nca_pair",
+    "bco_pair",
+    "sppo_hard",
+    "aot",
+    "aot_unpaired",
+    "apo_zero",
+    "apo_down",
+    "discopop",
+    "sigmoid_norm",
 ]
 LoraInit = Literal["default", "gaussian", "pissa", "olora", "loftq"]
 TextFormat = Literal["text", "alpaca", "chatml", "messages"]
@@ -295,7 +313,13 @@ class DpoOptions(ApiModel):
     """Direct preference optimisation settings (TRL DPOConfig)."""
 
     beta: float = Field(default=0.1, gt=0, le=10, description="Strength of the KL penalty towards the reference.")
-    loss_type: Literal["sigmoid", "ipo", "hinge", "robust"] = Field(default="sigmoid", description="DPO loss variant.")
+    loss_type: DpoLoss = Field(
+        default="sigmoid",
+        description=(
+            "Preference loss (TRL DPOConfig loss_type): sigmoid (DPO), ipo, hinge (SLiC), robust, nca_pair, "
+            "bco_pair, sppo_hard, aot, aot_unpaired, apo_zero, apo_down, discopop, sigmoid_norm."
+        ),
+    )
     max_prompt_length: int | None = Field(
         default=None, ge=1, le=131072, description="Truncate prompts to this many tokens (default: half maxSeqLength)."
     )

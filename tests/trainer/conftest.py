@@ -31,6 +31,8 @@ def encoder_data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {
         "seq_train": tiny.write_csv(root / "sentiment-train.csv", tiny.sentiment_rows(192, seed=0)),
         "seq_val": tiny.write_jsonl(root / "sentiment-val.jsonl", tiny.sentiment_rows(32, seed=1, label_ids=True)),
+        "scores_train": tiny.write_jsonl(root / "scores-train.jsonl", tiny.score_rows(192, seed=0)),
+        "scores_val": tiny.write_csv(root / "scores-val.csv", tiny.score_rows(32, seed=1)),
         "topics_train": tiny.write_jsonl(root / "topics-train.jsonl", tiny.topic_rows(192, seed=0)),
         "topics_val": tiny.write_parquet(root / "topics-val.parquet", tiny.topic_rows(32, seed=1)),
         "ner_train": tiny.write_parquet(root / "entities-train.parquet", tiny.entity_rows(192, seed=0)),

@@ -66,6 +66,8 @@ CASES = [
     Case("sequence-classification", "lora", lora={"initLoraWeights": "pissa", "useRslora": True}),
     Case("sequence-classification", "lora", lora={"initLoraWeights": "olora"}),
     Case("sequence-classification", "lora", lora={"targetModules": ["all-linear"], "initLoraWeights": "gaussian"}),
+    Case("regression", "full"),
+    Case("regression", "lora"),
     Case("token-classification", "full"),
     Case("token-classification", "feature-extraction"),
     Case("token-classification", "lora"),
@@ -96,6 +98,9 @@ def spec_for(case: Case, model_dir: Path, data: dict[str, Path]) -> dict[str, An
     elif case.task == "sequence-classification":
         task = {"type": case.task, "labels": ["neg", "pos"]}
         files = {"train": str(data["seq_train"]), "validation": str(data["seq_val"])}
+    elif case.task == "regression":
+        task = {"type": case.task}
+        files = {"train": str(data["scores_train"]), "validation": str(data["scores_val"])}
     elif case.task == "token-classification":
         task = {"type": case.task, "labels": tiny.NER_LABELS}
         files = {"train": str(data["ner_train"]), "validation": str(data["ner_val"])}
@@ -121,7 +126,7 @@ def probe_outputs(model: Any, tokenizer: Any, case: Case) -> dict[str, Any]:
     """The model's raw outputs on a few fixed inputs of the case's task."""
     import torch
 
-    if case.task == "sequence-classification":
+    if case.task in ("sequence-classification", "regression"):
         texts = [
             r["text"] for r in (tiny.topic_rows(6, seed=9) if case.multi_label else tiny.sentiment_rows(6, seed=9))
         ]
@@ -167,9 +172,10 @@ def trained(
 
 
 def test_the_cases_cover_every_supported_encoder_pair() -> None:
+    # regression shares sequence classification's model class and adapters: two of its methods run here.
     encoder_tasks = {"sequence-classification", "token-classification", "question-answering"}
     expected = {(t, m) for t, m in supported_pairs() if t in encoder_tasks and m != "qlora"}
-    assert {(c.task, c.method) for c in CASES} == expected
+    assert {(c.task, c.method) for c in CASES if c.task != "regression"} == expected
 
 
 @pytest.mark.slow
@@ -178,6 +184,19 @@ def test_training_loss_falls(trained: Trained) -> None:
     assert len(losses) >= 6
     first, last = sum(losses[:3]) / 3, sum(losses[-3:]) / 3
     assert last < 0.9 * first, f"loss did not fall enough: first {losses[:3]}, last {losses[-3:]}"
+
+
+# Metric, and the value the final evaluation must beat, per task the suite checks against chance (0 for
+# Pearson, 0.5 for two balanced labels); 36 steps move the tiny model clearly past it, not to a good score.
+BEATS_CHANCE = {"regression": ("eval_pearson", 0.3), "sequence-classification": ("eval_accuracy", 0.6)}
+
+
+@pytest.mark.slow
+def test_the_final_metric_beats_chance(trained: Trained) -> None:
+    if trained.case.task not in BEATS_CHANCE or trained.case.multi_label:
+        pytest.skip("this task's metric is checked by its own tests")
+    name, floor = BEATS_CHANCE[trained.case.task]
+    assert trained.result.metrics[name] > floor, trained.result.metrics
 
 
 @pytest.mark.slow

@@ -12,7 +12,7 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import pytest
 
@@ -42,6 +42,7 @@ DPO_RATES = {
     "p-tuning": 1e-2,
     "prefix-tuning": 1e-2,
 }
+REWARD_RATES = {"full": 1e-3, "feature-extraction": 3e-2, "lora": 1e-2}
 ADAPTER_METHODS = ("lora", "qlora", "ia3", "prompt-tuning", "p-tuning", "prefix-tuning")
 NEW_METHODS = ("freeze", "ia3", "p-tuning", "prefix-tuning")
 PROBE_TEXTS = ["the apple is red and the", "Repeat the word: seven."]
@@ -76,6 +77,7 @@ CASES = [
     ),
     *[Case("causal-lm", m) for m in NEW_METHODS],
     *[Case("preference", m) for m in ("full", "lora", "qlora", "prompt-tuning", *NEW_METHODS)],
+    *[Case("reward-modeling", m) for m in ("full", "feature-extraction", "lora")],
     Case("preference", "lora", "chat"),
 ]
 
@@ -119,9 +121,9 @@ def spec_for(case: Case, model_dir: Path, data: dict[str, dict[str, str]]) -> di
         files = data["chat" if case.format in ("chatml", "messages") else case.format]
         rate = SFT_RATES[case.method]
     else:
-        task = {"type": "preference"}
+        task = {"type": case.task}
         files = data["chat-pairs" if case.format == "chat" else "pairs"]
-        rate = DPO_RATES[case.method]
+        rate = DPO_RATES[case.method] if case.task == "preference" else REWARD_RATES[case.method]
         # Preference losses are noisy per batch of 8 pairs: more steps to see the trend.
         training = {"maxSteps": 32, **training}
     method: dict[str, Any] = {"type": case.method}
@@ -180,7 +182,7 @@ def test_training_loss_falls(trained: Trained) -> None:
     third = len(losses) // 3
     first, last = sum(losses[:third]) / third, sum(losses[-third:]) / third
     # DPO starts at ln 2 and moves in small steps; language modelling starts near ln(vocabulary).
-    margin = 0.02 if trained.case.task == "preference" else 0.05
+    margin = 0.05 if trained.case.task == "causal-lm" else 0.02
     assert last < first - margin, f"loss did not fall: {losses}"
 
 
@@ -198,9 +200,13 @@ def test_artifacts_are_written(trained: Trained) -> None:
     assert (out / "tokenizer.json").is_file()
     metrics = json.loads((out / "metrics.json").read_text())
     assert 0 < metrics["trainable_parameters"] <= metrics["total_parameters"]
-    assert load_spec_file(out / "spec.resolved.yaml").training.metric_for_best_model == "eval_loss"
+    best = "accuracy" if trained.case.task == "reward-modeling" else "eval_loss"
+    assert load_spec_file(out / "spec.resolved.yaml").training.metric_for_best_model == best
     if trained.case.task == "causal-lm":
         assert metrics["eval_perplexity"] == pytest.approx(math.exp(metrics["eval_loss"]), rel=1e-6)
+    elif trained.case.task == "reward-modeling":
+        # Held-out pairs whose chosen response scores higher: above chance (0.5) after training.
+        assert metrics["eval_accuracy"] > 0.6, metrics
     else:
         for key in ("eval_loss", "eval_rewards/chosen", "eval_rewards/accuracies", "eval_rewards/margins"):
             assert key in metrics, key
@@ -445,6 +451,25 @@ def test_dpo_settings_reach_the_trainer(tiny_llama: Path, generative_data: dict,
     assert trainer.args.beta == 0.3 and trainer.args.loss_type == ["ipo"] and trainer.args.max_length == 96
     # TRL's own defaults (bf16, activation checkpointing) do not leak in: the spec decides.
     assert trainer.args.bf16 is False and trainer.args.activation_checkpointing is False
+
+
+def test_every_dpo_loss_variant_gives_a_finite_loss(tiny_llama: Path, generative_data: dict, tmp_path: Path) -> None:
+    import torch
+
+    from finetune_api.spec import DpoLoss
+
+    trainer = build_trainer(dpo_spec(tiny_llama, generative_data, "lora", dpo={"lossType": "ipo"}), tmp_path)
+    batch = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
+    losses = {}
+    for loss_type in get_args(DpoLoss):
+        # The trainer reads its loss list at every step; one trainer serves every variant on the same batch.
+        trainer.loss_types, trainer.loss_weights = [loss_type], [1.0]
+        with torch.no_grad():
+            losses[loss_type] = float(trainer.compute_loss(trainer.model, batch))
+    assert all(math.isfinite(v) for v in losses.values()), losses
+    # At the start the policy equals the reference: DPO is ln 2, IPO (x - 1/(2 beta))^2 = 25 for beta 0.1.
+    assert losses["sigmoid"] == pytest.approx(math.log(2), abs=1e-4)
+    assert losses["ipo"] == pytest.approx(25.0, abs=1e-2)
 
 
 # ---- data errors: name the split, row, column and the fix ----

@@ -91,3 +91,28 @@ def test_only_complete_checkpoints_are_resumed(tmp_path: Path) -> None:
         if complete:
             (folder / "trainer_state.json").write_text("{}")
     assert latest_checkpoint(tmp_path) == str(tmp_path / "checkpoint-20")
+
+
+@pytest.mark.parametrize("value", ["3.5", True, float("nan"), None])
+def test_regression_targets_must_be_finite_numbers(value: object) -> None:
+    from finetune_trainer.tasks.regression import score_of
+
+    with pytest.raises(ValueError, match="number"):
+        score_of(value)
+
+
+def test_regression_metrics_match_hand_computed_values() -> None:
+    import numpy as np
+    from transformers import EvalPrediction
+
+    from finetune_trainer.tasks.regression import regression_metrics
+
+    truth = np.array([0.0, 1.0, 2.0, 3.0])
+    predicted = np.array([[0.5], [1.0], [2.5], [2.0]])  # errors 0.5, 0, 0.5, -1
+    metrics = regression_metrics(EvalPrediction(predictions=predicted, label_ids=truth))
+    assert metrics["mse"] == pytest.approx((0.25 + 0 + 0.25 + 1) / 4)
+    assert metrics["mae"] == pytest.approx(2 / 4)
+    # Pearson from its definition; Spearman: ranks (1, 2, 4, 3) against (1, 2, 3, 4) -> 1 - 6 * 2 / (4 * 15).
+    p, t = predicted.ravel() - predicted.mean(), truth - truth.mean()
+    assert metrics["pearson"] == pytest.approx(float((p @ t) / np.sqrt((p @ p) * (t @ t))))
+    assert metrics["spearman"] == pytest.approx(0.8)

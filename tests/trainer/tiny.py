@@ -83,6 +83,19 @@ def sentiment_rows(n: int, seed: int = 0, *, label_ids: bool = False) -> list[di
     return rows
 
 
+def score_rows(n: int, seed: int = 0) -> list[dict[str, Any]]:
+    """Reviews with up to two opinion words; the score is the positive words minus the negative ones (-2..2)."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        positive, negative = rng.randint(0, 2), rng.randint(0, 2)
+        words = rng.sample(POSITIVE, positive) + rng.sample(NEGATIVE, negative)
+        rng.shuffle(words)
+        opinion = " and ".join(words) if words else "there"
+        rows.append({"text": f"the {rng.choice(SUBJECTS)} was {opinion}", "label": float(positive - negative)})
+    return rows
+
+
 def topic_rows(n: int, seed: int = 0) -> list[dict[str, Any]]:
     """Sentences mentioning words of one to three topics; labels is the list of those topics."""
     rng = random.Random(seed)

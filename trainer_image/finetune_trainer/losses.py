@@ -52,3 +52,11 @@ def binary_cross_entropy_loss(outputs: Any, labels: Any, num_items_in_batch: Any
     labels = labels.to(logits.device, dtype=logits.dtype)
     total = F.binary_cross_entropy_with_logits(logits, labels, reduction="sum")
     return total / _items(num_items_in_batch, labels).to(total.device)
+
+
+def mean_squared_error_loss(outputs: Any, labels: Any, num_items_in_batch: Any = None) -> Any:
+    """Squared error summed over rows / the row count (regression: one score per row)."""
+    logits = _logits(outputs).float().view(-1)
+    labels = labels.to(logits.device, dtype=logits.dtype).view(-1)
+    total = ((logits - labels) ** 2).sum()
+    return total / _items(num_items_in_batch, labels).to(total.device)

@@ -13,15 +13,19 @@ from finetune_trainer.tasks.base import TaskUnit
 from finetune_trainer.tasks.causal_lm import CausalLmTask
 from finetune_trainer.tasks.preference import PreferenceTask
 from finetune_trainer.tasks.question_answering import QuestionAnsweringTask
+from finetune_trainer.tasks.regression import RegressionTask
+from finetune_trainer.tasks.reward_modeling import RewardModelingTask
 from finetune_trainer.tasks.sequence_classification import SequenceClassificationTask
 from finetune_trainer.tasks.token_classification import TokenClassificationTask
 
 TASKS: dict[str, TaskUnit] = {
     "sequence-classification": SequenceClassificationTask(),
+    "regression": RegressionTask(),
     "token-classification": TokenClassificationTask(),
     "question-answering": QuestionAnsweringTask(),
     "causal-lm": CausalLmTask(),
     "preference": PreferenceTask(),
+    "reward-modeling": RewardModelingTask(),
 }
 
 

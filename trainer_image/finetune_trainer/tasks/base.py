@@ -17,10 +17,12 @@ if TYPE_CHECKING:
 # peft TaskType per task: decides which PeftModel wrapper (and so which head) an adapter gets.
 PEFT_TASK_TYPES: dict[str, str] = {
     "sequence-classification": "SEQ_CLS",
+    "regression": "SEQ_CLS",
     "token-classification": "TOKEN_CLS",
     "question-answering": "QUESTION_ANS",
     "causal-lm": "CAUSAL_LM",
     "preference": "CAUSAL_LM",
+    "reward-modeling": "SEQ_CLS",
 }
 
 

@@ -86,11 +86,7 @@ class SequenceClassificationTask:
 
     def _read_roles(self, spec: FineTuneJobSpec, dataset: Dataset) -> dict[str, str]:
         """The roles this dataset feeds: textPair only when named in the spec or its default column exists."""
-        roles = self.column_roles(spec)
-        read = {"text": roles["text"], "label": roles["label"]}
-        if "textPair" in spec.task.columns or roles["textPair"] in dataset.column_names:
-            read["textPair"] = roles["textPair"]
-        return read
+        return text_roles(spec, self.column_roles(spec), dataset)
 
     def check_dataset(self, spec: FineTuneJobSpec, datasets: DatasetDict) -> None:
         """Columns present, texts are strings, every label is in task.labels."""
@@ -102,7 +98,7 @@ class SequenceClassificationTask:
             where = describe_split(spec, split)
             for role in ("text", "textPair"):
                 if role in roles:
-                    _check_strings(dataset, where, roles[role], role, problems)
+                    check_strings(dataset, where, roles[role], role, problems)
             for row, value in enumerate(dataset[roles["label"]]):
                 try:
                     encoder.encode(value)
@@ -130,46 +126,65 @@ class SequenceClassificationTask:
 
     def preprocess(self, spec: FineTuneJobSpec, dataset: Dataset, tokenizer: PreTrainedTokenizerBase) -> Dataset:
         """Tokenised inputs (truncated to maxSeqLength, not padded) and ``labels``; the raw columns dropped."""
-        roles = self._read_roles(spec, dataset)
         encoder = LabelEncoder(spec.task.labels, spec.task.multi_label)
-        max_length = spec.training.max_seq_length
-
-        def tokenize(batch: dict[str, list[Any]]) -> dict[str, Any]:
-            pairs = batch[roles["textPair"]] if "textPair" in roles else None
-            encoded = tokenizer(batch[roles["text"]], pairs, truncation=True, max_length=max_length)
-            encoded["labels"] = [encoder.encode(v) for v in batch[roles["label"]]]
-            return dict(encoded)
-
-        return dataset.map(tokenize, batched=True, remove_columns=dataset.column_names, desc="Tokenising")
+        return tokenize_texts(spec, dataset, tokenizer, self._read_roles(spec, dataset), encoder.encode)
 
     def build_trainer(self, ctx: RunContext, model: Any) -> Trainer:
         """A Trainer with dynamically padded batches and this task's metrics."""
-        from transformers import DataCollatorWithPadding, Trainer
-
-        args = training_arguments(ctx, label_names=["labels"])
-        tokenizer = ctx.tokenizer
-        config = model.config
-        if getattr(config, "pad_token_id", None) is None and tokenizer.pad_token_id is not None:
-            # Decoder models classify from the last non-pad token and need to know which id is padding.
-            config.pad_token_id = tokenizer.pad_token_id
-        with args.main_process_first(desc="tokenising"):
-            train = self.preprocess(ctx.spec, ctx.datasets["train"], tokenizer)
-            evaluation = self.preprocess(ctx.spec, ctx.datasets["eval"], tokenizer) if "eval" in ctx.datasets else None
-        return Trainer(
-            model=model,
-            args=args,
-            data_collator=DataCollatorWithPadding(tokenizer, pad_to_multiple_of=pad_multiple(ctx)),
-            train_dataset=train,
-            eval_dataset=evaluation,
-            processing_class=tokenizer,
-            compute_metrics=metrics_function(ctx.spec),
-            # The loss normalised by the Trainer's item count: the same under any number of processes.
-            compute_loss_func=binary_cross_entropy_loss if ctx.spec.task.multi_label else cross_entropy_loss,
-            callbacks=ctx.callbacks,
-        )
+        # The loss normalised by the Trainer's item count: the same under any number of processes.
+        loss = binary_cross_entropy_loss if ctx.spec.task.multi_label else cross_entropy_loss
+        return text_trainer(ctx, model, self.preprocess, metrics_function(ctx.spec), loss)
 
 
-def _check_strings(dataset: Dataset, where: str, column: str, role: str, problems: RowProblems) -> None:
+def text_trainer(ctx: RunContext, model: Any, preprocess: Any, compute_metrics: Any, loss: Any) -> Trainer:
+    """A Trainer for one prediction per text (or text pair): padded batches, the given metrics and loss."""
+    from transformers import DataCollatorWithPadding, Trainer
+
+    args = training_arguments(ctx, label_names=["labels"])
+    tokenizer = ctx.tokenizer
+    config = model.config
+    if getattr(config, "pad_token_id", None) is None and tokenizer.pad_token_id is not None:
+        # Decoder models classify from the last non-pad token and need to know which id is padding.
+        config.pad_token_id = tokenizer.pad_token_id
+    with args.main_process_first(desc="tokenising"):
+        train = preprocess(ctx.spec, ctx.datasets["train"], tokenizer)
+        evaluation = preprocess(ctx.spec, ctx.datasets["eval"], tokenizer) if "eval" in ctx.datasets else None
+    return Trainer(
+        model=model,
+        args=args,
+        data_collator=DataCollatorWithPadding(tokenizer, pad_to_multiple_of=pad_multiple(ctx)),
+        train_dataset=train,
+        eval_dataset=evaluation,
+        processing_class=tokenizer,
+        compute_metrics=compute_metrics,
+        compute_loss_func=loss,
+        callbacks=ctx.callbacks,
+    )
+
+
+def text_roles(spec: FineTuneJobSpec, roles: dict[str, str], dataset: Dataset) -> dict[str, str]:
+    """The roles a text task reads: text, label, and textPair when named in the spec or its default column exists."""
+    read = {"text": roles["text"], "label": roles["label"]}
+    if "textPair" in spec.task.columns or roles["textPair"] in dataset.column_names:
+        read["textPair"] = roles["textPair"]
+    return read
+
+
+def tokenize_texts(spec: FineTuneJobSpec, dataset: Dataset, tokenizer: Any, roles: dict[str, str], target: Any) -> Any:
+    """Tokenised text (pairs), truncated to maxSeqLength and not padded, with ``labels`` = target(label value)."""
+    max_length = spec.training.max_seq_length
+
+    def tokenize(batch: dict[str, list[Any]]) -> dict[str, Any]:
+        pairs = batch[roles["textPair"]] if "textPair" in roles else None
+        encoded = tokenizer(batch[roles["text"]], pairs, truncation=True, max_length=max_length)
+        encoded["labels"] = [target(v) for v in batch[roles["label"]]]
+        return dict(encoded)
+
+    return dataset.map(tokenize, batched=True, remove_columns=dataset.column_names, desc="Tokenising")
+
+
+def check_strings(dataset: Dataset, where: str, column: str, role: str, problems: RowProblems) -> None:
+    """Record every row whose column (a text role) does not hold a string."""
     for row, value in enumerate(dataset[column]):
         if not isinstance(value, str):
             problems.add(where, column, row, f"({role}) expected text, got {value!r}; fill or drop the row")
