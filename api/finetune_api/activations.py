@@ -78,7 +78,8 @@ def layer_bytes_per_token(spec: FineTuneJobSpec, shape: ModelShape, precision: s
     saves = lambda leaf: _saves_input(spec, shape, leaf)  # noqa: E731
     total = 0
     if shape.family == "decoder":
-        norm = 8 + (sb if sb < 4 else 0)  # float32 input and normalised copy, and the cast back
+        # RMSNorm keeps its float32 input; the normalised copy only when its weight trains (for that gradient).
+        norm = 4 + (sb if spec.method.type in ("full", "freeze") else 0)
         total += 2 * norm * h
         qkv_in = any(saves(x) for x in ("q_proj", "k_proj", "v_proj"))
         total += a * (h * qkv_in + q + 2 * kv + q + q * saves("o_proj"))
@@ -114,21 +115,31 @@ def activation_bytes(spec: FineTuneJobSpec, shape: ModelShape, precision: str) -
     """Bytes of activations at the peak of one training step, per GPU."""
     seqs, length = tokens_per_step(spec)
     tokens = seqs * length
-    a = 4 if precision == "fp32" else 2
     sb = _stream_bytes(spec, shape, precision)
     per_layer = layer_bytes_per_token(spec, shape, precision) * tokens
-    logits = 0
-    if shape.logits_over_vocab:
-        logits = tokens * shape.vocab * (a + 4 + (4 if a != 4 else 0))
     mask = seqs * length * length  # the boolean padding mask sdpa receives
     if spec.method.type == "feature-extraction":
         return per_layer + tokens * sb * shape.hidden + mask  # a forward without grad: one layer live at a time
+    working = per_layer  # the backward pass's gradients of one layer's activations
     if spec.training.gradient_checkpointing:
-        kept = shape.layers * tokens * sb * shape.hidden + 2 * per_layer
+        working += per_layer  # the layer being recomputed
+    return forward_bytes(spec, shape, precision) + working + mask + _autocast_copies(spec, shape, precision)
+
+
+def forward_bytes(spec: FineTuneJobSpec, shape: ModelShape, precision: str) -> int:
+    """What a training forward pass leaves alive for the backward pass: every layer's saved activations (only
+    the layer inputs under gradient checkpointing), the embeddings' output, and for a language model the
+    logits (returned in the output, upcast to float32 for the loss under 16-bit) and the loss's log-softmax."""
+    seqs, length = tokens_per_step(spec)
+    tokens = seqs * length
+    a = 4 if precision == "fp32" else 2
+    sb = _stream_bytes(spec, shape, precision)
+    if spec.training.gradient_checkpointing:
+        layers = shape.layers * tokens * sb * shape.hidden
     else:
-        kept = (shape.layers + 1) * per_layer
-    embeddings = tokens * sb * shape.hidden
-    return kept + embeddings + logits + mask + _autocast_copies(spec, shape, precision)
+        layers = shape.layers * layer_bytes_per_token(spec, shape, precision) * tokens
+    logits = tokens * shape.vocab * (a + 4 + (4 if a != 4 else 0)) if shape.logits_over_vocab else 0
+    return layers + tokens * sb * shape.hidden + logits
 
 
 def overhead_bytes(spec: FineTuneJobSpec, step_bytes: int) -> int:

@@ -138,12 +138,21 @@ def _describe(label: str, candidate: FineTuneJobSpec, base: FineTuneJobSpec) -> 
     return " + ".join(parts)
 
 
+def _runs_easier(spec: FineTuneJobSpec, than: FineTuneJobSpec) -> bool:
+    """A larger micro-batch, or the same one without recomputing activations."""
+    a, b = spec.training, than.training
+    if a.batch_size_per_device != b.batch_size_per_device:
+        return a.batch_size_per_device > b.batch_size_per_device
+    return b.gradient_checkpointing and not a.gradient_checkpointing
+
+
 def alternatives(spec: FineTuneJobSpec, config: Mapping[str, Any], gpu_memory: int) -> tuple[Alternative, ...]:
     """The cheapest change of each kind that makes ``spec`` fit, each with its own estimate.
 
     Kinds, cheapest first: smaller micro-batch x more accumulation and/or gradient checkpointing; an
     8-bit optimizer; ZeRO on the same GPUs; LoRA; QLoRA; ZeRO-3 over more GPUs. Each kind is tried
-    with the batch/checkpointing ladder, or alone once that ladder on its own already fits.
+    with the batch/checkpointing ladder, and kept when it runs with a larger micro-batch (or without
+    checkpointing) than the batch/checkpointing change alone.
     """
     kinds: list[tuple[str, FineTuneJobSpec]] = [("", spec)]
     if spec.training.optimizer == "auto" or spec.training.optimizer.startswith("adamw_torch"):
@@ -156,14 +165,16 @@ def alternatives(spec: FineTuneJobSpec, config: Mapping[str, Any], gpu_memory: i
         qlora = MethodSpec(type="qlora", lora=spec.method.lora)
         kinds.append(("method qlora", spec.model_copy(update={"method": qlora})))
     found: list[Alternative] = []
-    settings_fit = False
+    settings_only: Alternative | None = None
     for label, changed in kinds:
-        # Once the batch/checkpointing settings alone fit, other kinds are offered only where they fit alone.
-        ladder = iter([changed]) if settings_fit else _settings_ladder(changed)
-        alt = _first_fit(label, ladder, config, gpu_memory, spec)
-        if alt is not None and alt.change:
-            found.append(alt)
-            settings_fit = settings_fit or not label
+        alt = _first_fit(label, _settings_ladder(changed), config, gpu_memory, spec)
+        if alt is None or not alt.change:
+            continue
+        if not label:
+            settings_only = alt
+        elif settings_only is not None and not _runs_easier(alt.spec, settings_only.spec):
+            continue  # the batch/checkpointing change alone already does as well
+        found.append(alt)
     for label, changed in _more_gpus(spec):
         alt = _first_fit(label, iter([changed]), config, gpu_memory, spec)
         if alt is not None:

@@ -180,3 +180,15 @@ def test_estimate_status_is_a_valid_status_field() -> None:
     assert [a.per_gpu_bytes for a in parsed.memory_estimate.alternatives] == [
         a.estimate.per_gpu.total for a in report.alternatives
     ]
+
+
+def test_other_kinds_are_offered_only_where_they_run_easier_than_the_batch_change() -> None:
+    report = fit_report(llama_spec("full"), LLAMA_7B, 80 * GIB)
+    first, *others = report.alternatives
+    assert first.change.startswith("gradient checkpointing + batch 4")  # the batch/checkpointing change alone
+    assert others
+    for alt in others:
+        t, base = alt.spec.training, first.spec.training
+        assert t.batch_size_per_device > base.batch_size_per_device or (
+            t.batch_size_per_device == base.batch_size_per_device and not t.gradient_checkpointing
+        ), alt.change
