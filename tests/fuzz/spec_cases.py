@@ -182,7 +182,9 @@ class SpecCase:
 
 
 @st.composite
-def mutated_specs(draw: Any, bases: list[dict[str, Any]], max_mutations: int = 3) -> SpecCase:
+def mutated_specs(
+    draw: Any, bases: list[dict[str, Any]], max_mutations: int = 3, kinds: tuple[str, ...] = MUTATIONS
+) -> SpecCase:
     """A valid base spec with one to max_mutations mutations; must-refuse mutations name their paths.
 
     A later mutation that replaces or removes a section drops what the earlier ones expected inside it.
@@ -198,7 +200,7 @@ def mutated_specs(draw: Any, bases: list[dict[str, Any]], max_mutations: int = 3
             expected[path] = fragments
 
     for _ in range(draw(st.integers(1, max_mutations))):
-        kind = draw(st.sampled_from(MUTATIONS))
+        kind = draw(st.sampled_from(kinds))
         leaf = draw(st.sampled_from(_candidates(kind)))
         if not _settable(spec, leaf.path):
             continue
