@@ -84,12 +84,18 @@ def test_the_operator_keeps_reconciling_beside_generated_jobs(
         out = kube.kubectl("apply", "-n", ns, "-f", "-", input=manifest(name, case.spec), check=False)
         admitted += out.returncode == 0
 
-    apply_one()
-    assert admitted >= 1, "no generated spec was admitted; the test would check nothing"
-    kube.kubectl("apply", "-n", ns, "-f", "-", input=manifest("good", SEED))
-    wait_for("the good job's Job", lambda: kube.kubectl_json("get", "job", "good", "-n", ns))
-    for i in range(admitted):
-        wait_for(f"odd-{i} reconciled", lambda i=i: kube.kubectl_json("get", "ftj", f"odd-{i}", "-n", ns).get("status"))
-    assert operator.healthy()
-    new_log = operator.log()[log_start:]
-    assert "Traceback" not in new_log, new_log[-3000:]
+    try:
+        apply_one()
+        assert admitted >= 1, "no generated spec was admitted; the test would check nothing"
+        kube.kubectl("apply", "-n", ns, "-f", "-", input=manifest("good", SEED))
+        wait_for("the good job's Job", lambda: kube.kubectl_json("get", "job", "good", "-n", ns))
+        for i in range(admitted):
+            wait_for(f"odd-{i} reconciled", lambda i=i: kube.kubectl_json("get", "ftj", f"odd-{i}", "-n", ns)["status"])
+        assert operator.healthy()
+        new_log = operator.log()[log_start:]
+        assert "Traceback" not in new_log, new_log[-3000:]
+    finally:
+        # Pods left running when the namespace goes can keep their GPUs on the KWOK nodes.
+        kube.kubectl("delete", "ftj", "--all", "-n", ns, "--wait=true", "--timeout=90s", check=False)
+        pods = lambda: kube.kubectl_json("get", "pods", "-n", ns, "-l", "finetune.dev/job")["items"]  # noqa: E731
+        wait_for("the generated jobs' pods to go", lambda: pods() == [], timeout=90)
