@@ -65,7 +65,7 @@ class OwnMinIO:
             stdin=subprocess.DEVNULL,
         )
         log.close()
-        wait_for(f"MinIO on {self.endpoint}", self.ready, timeout=60, interval=0.1)
+        wait_for(f"MinIO on {self.endpoint}", self.ready, timeout=120, interval=0.1)  # slow on a busy machine
         return self
 
     def ready(self) -> bool:

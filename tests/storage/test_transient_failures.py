@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import subprocess
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
 
 import pytest
 
@@ -83,30 +83,39 @@ def env_for(store: OwnMinIO, tmp_path: Path, retry_seconds: float, **extra: str)
 
 
 class Trainer:
-    """The trainer as a child process whose stderr is read while it runs."""
+    """The trainer as a child process whose output is read while it runs."""
 
     def __init__(self, config: Path, out: Path, env: dict[str, str]):
-        self.started = time.monotonic()
         self.proc = subprocess.Popen(
             trainer_argv(config, out), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
         )
+        self.stdout: list[str] = []
         self.stderr: list[str] = []
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
+        self._readers = [
+            threading.Thread(target=self._read, args=(self.proc.stdout, self.stdout), daemon=True),
+            threading.Thread(target=self._read, args=(self.proc.stderr, self.stderr), daemon=True),
+        ]
+        for reader in self._readers:
+            reader.start()
 
-    def _read(self) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            self.stderr.append(line)
+    @staticmethod
+    def _read(stream: IO[str] | None, lines: list[str]) -> None:
+        assert stream is not None
+        for line in stream:
+            lines.append(line)
 
     def said(self, text: str) -> bool:
         return any(text in line for line in self.stderr)
 
-    def finish(self, timeout: float = 300) -> tuple[int, str, str, float]:
-        """Exit code, stdout, stderr and seconds taken."""
-        stdout, _ = self.proc.communicate(timeout=timeout)
-        self._reader.join(10)
-        return self.proc.returncode, stdout, "".join(self.stderr), time.monotonic() - self.started
+    def finish(self, timeout: float = 300) -> tuple[int, str, str]:
+        """Exit code, stdout and stderr (read to the end)."""
+        try:
+            self.proc.wait(timeout)
+        finally:
+            self.proc.kill()  # no-op when it has exited
+            for reader in self._readers:
+                reader.join(30)
+        return self.proc.returncode, "".join(self.stdout), "".join(self.stderr)
 
 
 def test_a_store_that_comes_back_during_data_loading_is_waited_for(
@@ -120,7 +129,7 @@ def test_a_store_that_comes_back_during_data_loading_is_waited_for(
     assert trainer.proc.poll() is None
     store.start()
 
-    code, stdout, stderr, _ = trainer.finish()
+    code, stdout, stderr = trainer.finish()
     assert code == 0, stderr[-3000:]
     assert "S3 list s3://data/train.csv failed (attempt 1" in stderr
     assert last_json_line(stdout)["global_step"] == 2
@@ -132,7 +141,7 @@ def test_a_store_down_for_longer_than_the_retry_budget_exits_retryable_with_the_
     store.kill()
     trainer = Trainer(job(tmp_path, tiny_bert), tmp_path / "out", env_for(store, tmp_path, retry_seconds=3))
 
-    code, _, stderr, _ = trainer.finish()
+    code, _, stderr = trainer.finish()
     assert code == contract.EXIT_RETRYABLE, stderr[-3000:]
     assert "Traceback" not in stderr
     assert (
@@ -146,7 +155,7 @@ def test_a_wrong_column_fails_at_once_naming_the_column(store: OwnMinIO, tiny_be
     config = job(tmp_path, tiny_bert, columns={"text": "review"})
     trainer = Trainer(config, tmp_path / "out", env_for(store, tmp_path, retry_seconds=180))
 
-    code, _, stderr, _ = trainer.finish()
+    code, _, stderr = trainer.finish()
     assert code == contract.EXIT_DATA, stderr[-3000:]
     assert "data error: dataset.files.train (s3://data/train.csv) has no column 'review' for the text role" in stderr
     assert "Set spec.task.columns.text" in stderr
@@ -157,7 +166,7 @@ def test_refused_credentials_fail_at_once_naming_the_setting(store: OwnMinIO, ti
     env = env_for(store, tmp_path, retry_seconds=180, AWS_SECRET_ACCESS_KEY="not-the-secret")
     trainer = Trainer(job(tmp_path, tiny_bert), tmp_path / "out", env)
 
-    code, _, stderr, _ = trainer.finish()
+    code, _, stderr = trainer.finish()
     assert code == contract.EXIT_CONFIG, stderr[-3000:]
     assert (
         f"config error: dataset.files.train: the S3 credentials were refused by {store.endpoint} "
