@@ -209,6 +209,18 @@ INVALID_SPECS: list[tuple[str, dict[str, Any], str, str]] = [
         "spec.method.type",
         "prefix-tuning",
     ),
+    (
+        "test-split-with-files",
+        with_changes(dataset={"name": None, "evalSplit": None, "files": {"train": "/d/t.jsonl"}, "testSplit": "test"}),
+        "spec.dataset.testSplit",
+        "files.test",
+    ),
+    (
+        "test-split-for-dpo",
+        with_changes(task={"type": "preference"}, dataset={"testSplit": "test"}),
+        "spec.dataset.testSplit",
+        "starting model",
+    ),
     ("bad-bucket", with_changes(output={"s3": {"bucket": "Bad_Bucket"}}), "spec.output.s3.bucket", "pattern"),
     ("bad-memory", with_changes(resources={"memory": "lots"}), "spec.resources.memory", "pattern"),
     ("zero-nodes", with_changes(resources={"nodes": 0}), "spec.resources.nodes", "greater than or equal"),

@@ -151,6 +151,21 @@ RULES: list[Rule] = [
     ),
     Rule(
         DatasetSpec,
+        "testSplit",
+        "!has(self.testSplit) || has(self.name)",
+        "dataset.testSplit names a hub dataset split; with dataset.files set dataset.files.test instead",
+        lambda d: d.test_split is None or d.name is not None,
+    ),
+    Rule(
+        FineTuneJobSpec,
+        "dataset.testSplit",
+        "!has(self.dataset.testSplit) || !(self.task.type in ['preference'])",
+        "a test split is not evaluated for task preference: DPO's metrics compare the policy with the starting "
+        "model, which is gone once training ends; evaluate held-out pairs with dataset.evalSplit",
+        lambda s: s.dataset.test_split is None or s.task.type != "preference",
+    ),
+    Rule(
+        DatasetSpec,
         "config",
         "!has(self.config) || has(self.name)",
         "dataset.config names a hub dataset configuration and needs dataset.name",

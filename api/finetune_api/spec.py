@@ -179,6 +179,13 @@ class DatasetSpec(ApiModel):
     eval_fraction: float | None = Field(
         default=None, gt=0, lt=1, description="Fraction of the train split held out for evaluation."
     )
+    test_split: Name | None = Field(
+        default=None,
+        description=(
+            "Hub split evaluated once after training, with the final (best) model; its metrics are reported "
+            "with a test_ prefix. With dataset.files, files.test is that split whenever evaluation reads another."
+        ),
+    )
     max_train_samples: int | None = Field(default=None, ge=1, description="Use at most this many training examples.")
     max_eval_samples: int | None = Field(default=None, ge=1, description="Use at most this many evaluation examples.")
 

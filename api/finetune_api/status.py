@@ -136,6 +136,9 @@ class FineTuneJobStatus(ApiModel):
     topology: Name | None = Field(default=None, description="Nodes x GPUs per node, e.g. 2x8 (for kubectl get).")
     progress: Progress | None = Field(default=None, description="Training progress (from the trainer).")
     metrics: dict[str, float] = Field(default_factory=dict, max_length=64, description="Latest eval metrics.")
+    test_metrics: dict[str, float] = Field(
+        default_factory=dict, max_length=64, description="Metrics of the final model on the test split."
+    )
     parameters: Parameters | None = Field(default=None, description="Trainable and total parameters.")
     artifacts: Artifacts | None = Field(default=None, description="Result URIs.")
     memory_estimate: MemoryEstimate | None = Field(
@@ -149,7 +152,9 @@ class FineTuneJobStatus(ApiModel):
 
 # The fields each side writes; a status patch of one side never names the other's.
 # memoryEstimate: the trainer resolves training.sizing auto on the GPU it got, so it reports the estimate.
-TRAINER_FIELDS = frozenset({"progress", "metrics", "parameters", "artifacts", "runtime", "memory_estimate"})
+TRAINER_FIELDS = frozenset(
+    {"progress", "metrics", "test_metrics", "parameters", "artifacts", "runtime", "memory_estimate"}
+)
 OPERATOR_FIELDS = frozenset(FineTuneJobStatus.model_fields) - TRAINER_FIELDS
 
 

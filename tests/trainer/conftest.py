@@ -33,6 +33,7 @@ def encoder_data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "seq_val": tiny.write_jsonl(root / "sentiment-val.jsonl", tiny.sentiment_rows(32, seed=1, label_ids=True)),
         "scores_train": tiny.write_jsonl(root / "scores-train.jsonl", tiny.score_rows(192, seed=0)),
         "scores_val": tiny.write_csv(root / "scores-val.csv", tiny.score_rows(32, seed=1)),
+        "scores_test": tiny.write_parquet(root / "scores-test.parquet", tiny.score_rows(24, seed=2)),
         "topics_train": tiny.write_jsonl(root / "topics-train.jsonl", tiny.topic_rows(192, seed=0)),
         "topics_val": tiny.write_parquet(root / "topics-val.parquet", tiny.topic_rows(32, seed=1)),
         "ner_train": tiny.write_parquet(root / "entities-train.parquet", tiny.entity_rows(192, seed=0)),

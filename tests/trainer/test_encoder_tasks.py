@@ -100,7 +100,12 @@ def spec_for(case: Case, model_dir: Path, data: dict[str, Path]) -> dict[str, An
         files = {"train": str(data["seq_train"]), "validation": str(data["seq_val"])}
     elif case.task == "regression":
         task = {"type": case.task}
-        files = {"train": str(data["scores_train"]), "validation": str(data["scores_val"])}
+        # With a test file: the final model is also evaluated on it.
+        files = {
+            "train": str(data["scores_train"]),
+            "validation": str(data["scores_val"]),
+            "test": str(data["scores_test"]),
+        }
     elif case.task == "token-classification":
         task = {"type": case.task, "labels": tiny.NER_LABELS}
         files = {"train": str(data["ner_train"]), "validation": str(data["ner_val"])}
@@ -197,6 +202,34 @@ def test_the_final_metric_beats_chance(trained: Trained) -> None:
         pytest.skip("this task's metric is checked by its own tests")
     name, floor = BEATS_CHANCE[trained.case.task]
     assert trained.result.metrics[name] > floor, trained.result.metrics
+
+
+@pytest.mark.slow
+def test_test_split_metrics_are_those_of_the_saved_model(trained: Trained) -> None:
+    if trained.case.task != "regression":
+        pytest.skip("the regression cases carry a test file")
+    import numpy as np
+    import pyarrow.parquet as pq
+    import torch
+
+    from finetune_trainer import engine
+
+    metrics = json.loads((trained.output_dir / "metrics.json").read_text())
+    rows = pq.read_table(_test_file(trained)).to_pylist()
+    loaded = engine.load_for_inference(trained.output_dir)
+    batch = loaded.tokenizer([r["text"] for r in rows], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        predicted = loaded.model(**batch).logits.view(-1).numpy()
+    truth = np.array([r["label"] for r in rows])
+    assert metrics["test_mse"] == pytest.approx(float(np.mean((predicted - truth) ** 2)), rel=1e-4)
+    assert metrics["test_pearson"] == pytest.approx(float(np.corrcoef(predicted, truth)[0, 1]), rel=1e-4)
+    assert metrics["test_pearson"] > 0.3  # above chance (0) on rows never seen in training or evaluation
+
+
+def _test_file(trained: Trained) -> str:
+    spec = load_spec_file(trained.output_dir / "spec.resolved.yaml")
+    assert spec.dataset.files is not None and spec.dataset.files.test is not None
+    return spec.dataset.files.test
 
 
 @pytest.mark.slow

@@ -37,6 +37,7 @@ FILE_BUILDERS: dict[str, str] = {
 }
 TRAIN = "train"
 EVAL = "eval"
+TEST = "test"
 DEFAULT_LOAD_RETRY_SECONDS = 300.0
 
 
@@ -77,12 +78,24 @@ def eval_source_name(spec: DatasetSpec) -> str | None:
     return None
 
 
+def test_source_name(spec: DatasetSpec) -> str | None:
+    """The split (hub) or files key evaluated after training: dataset.testSplit, or files.test unless eval reads it."""
+    if spec.test_split is not None:
+        return spec.test_split
+    if spec.files is not None and spec.files.test is not None and eval_source_name(spec) != "test":
+        return "test"
+    return None
+
+
 def describe_split(spec: FineTuneJobSpec, split: str) -> str:
     """Where a split's rows come from, for error messages: the file, or the hub dataset and split."""
     ds = spec.dataset
     if split == EVAL and ds.eval_fraction is not None:
         return f"the evaluation rows held out of the train split (dataset.evalFraction {ds.eval_fraction})"
-    name = ds.train_split if split == TRAIN else (eval_source_name(ds) or split)
+    if split == TEST:
+        name = test_source_name(ds) or split
+    else:
+        name = ds.train_split if split == TRAIN else (eval_source_name(ds) or split)
     if ds.files is not None:
         key = TRAIN if split == TRAIN else name
         location = getattr(ds.files, key, None)
@@ -91,7 +104,7 @@ def describe_split(spec: FineTuneJobSpec, split: str) -> str:
 
 
 def load_datasets(spec: FineTuneJobSpec) -> DatasetDict:
-    """The ``train`` split and, when the spec has evaluation data, the ``eval`` split.
+    """The ``train`` split and, when the spec has them, the ``eval`` and ``test`` splits.
 
     Applies evalFraction (a split seeded by training.seed), maxTrainSamples and maxEvalSamples,
     and refuses empty splits. Columns are the task's business (``TaskUnit.check_dataset``).
@@ -103,6 +116,7 @@ def load_datasets(spec: FineTuneJobSpec) -> DatasetDict:
         train, evaluation = _load_file_splits(spec)
     else:
         train, evaluation = _load_hub_splits(spec)
+    test = _load_test_split(spec)
 
     _require_rows(train, spec, TRAIN)
     if ds.eval_fraction is not None:
@@ -121,7 +135,33 @@ def load_datasets(spec: FineTuneJobSpec) -> DatasetDict:
             "set dataset.evalFraction (e.g. 0.1), dataset.evalSplit, or dataset.files.validation; "
             "or set training.evalStrategy: no and training.loadBestModelAtEnd: false"
         )
+    if test is not None:
+        _require_rows(test, spec, TEST)
+        splits[TEST] = test
     return DatasetDict(splits)
+
+
+def _load_test_split(spec: FineTuneJobSpec) -> Dataset | None:
+    """The test split, or None. preference refuses one (its metrics need the starting policy as reference)."""
+    ds = spec.dataset
+    name = test_source_name(ds)
+    if name is None:
+        return None
+    if spec.task.type == "preference":
+        raise ConfigError(
+            "dataset.files.test: a test split is not evaluated for task preference (DPO's metrics need the starting "
+            "policy, gone once training ends); name it in dataset.evalSplit or remove it"
+        )
+    if ds.files is not None:
+        assert ds.files.test is not None
+        return _load_file(ds.files.test, "dataset.files.test", spec.output.s3)
+    from datasets import load_dataset
+
+    assert ds.name is not None
+    try:
+        return load_dataset(ds.name, ds.config, split=name)
+    except ValueError as err:  # datasets: "Unknown split ..."
+        raise DataError(f"dataset.testSplit: hub dataset {ds.name!r} has no split {name!r}: {err}") from None
 
 
 def require_columns(

@@ -46,6 +46,7 @@ from finetune_trainer import kernels
 from finetune_trainer.arguments import DeviceCapability, WorldInfo, resolve_precision, training_kwargs
 from finetune_trainer.data import load_datasets, load_retry_seconds
 from finetune_trainer.errors import ConfigError, RetryableError, retry_transient
+from finetune_trainer.evaluation import evaluate_test_split
 from finetune_trainer.methods import get_method
 from finetune_trainer.methods.base import HasRunHooks, count_parameters
 from finetune_trainer.sizing_on_device import size_for_device
@@ -345,6 +346,9 @@ def _train(
         log.info("resuming from %s", checkpoint)
     train_output = trainer.train(resume_from_checkpoint=checkpoint)
     eval_metrics = trainer.evaluate() if trainer.eval_dataset is not None else {}
+    test_metrics = evaluate_test_split(task, ctx, trainer.model)
+    if reporter is not None and test_metrics:
+        reporter.update(FineTuneJobStatus(test_metrics=test_metrics))
 
     # Every rank calls save_model (DeepSpeed/FSDP gather weights collectively); only rank 0 writes.
     trainer.save_model(str(out))
@@ -353,6 +357,7 @@ def _train(
     trainer.save_state()
     metrics: dict[str, Any] = {
         **eval_metrics,
+        **test_metrics,
         **{k: v for k, v in train_output.metrics.items() if k.startswith("train_") or k == "epoch"},
         "global_step": trainer.state.global_step,
         "trainable_parameters": trainable,
