@@ -20,6 +20,7 @@ from finetune_trainer.checkpoints import (
     fingerprint_fields,
     rank_of,
     snapshot_directory,
+    write_model_card,
 )
 from finetune_trainer.errors import ConfigError
 
@@ -129,6 +130,29 @@ def test_the_fingerprint_ignores_the_schedule_but_not_the_lora_rank() -> None:
     )
 
 
+@pytest.mark.parametrize(
+    "method",
+    [
+        {"type": "lora", "lora": {"useDora": True}},
+        {"type": "lora", "lora": {"initLoraWeights": "pissa"}},
+        {"type": "lora", "lora": {"modulesToSave": ["pooler"]}},
+        {"type": "ia3", "ia3": {"targetModules": ["key"], "feedforwardModules": []}},
+        {"type": "prefix-tuning", "prefixTuning": {"numVirtualTokens": 4}},
+        {"type": "freeze", "freeze": {"trainableLayers": 3}},
+    ],
+    ids=["dora", "pissa", "modules-to-save", "ia3", "prefix", "freeze"],
+)
+def test_adapter_options_change_the_fingerprint(method: dict) -> None:
+    # A checkpoint holds weights of exactly this shape and meaning: resuming it under other options must be refused.
+    plain = {"type": method["type"]}
+    assert fingerprint(fingerprint_fields(spec(method=method))) != fingerprint(fingerprint_fields(spec(method=plain)))
+
+
+def test_default_lora_options_keep_the_fingerprint_of_older_checkpoints() -> None:
+    explicit = {"type": "lora", "lora": {"useDora": False, "initLoraWeights": "default", "modulesToSave": []}}
+    assert fingerprint_fields(spec(method=explicit)) == fingerprint_fields(spec(method={"type": "lora"}))
+
+
 def test_an_incompatible_spec_is_refused_naming_each_change() -> None:
     fields = fingerprint_fields(spec())
     manifest = {"fingerprint": fingerprint(fields), "spec": fields}
@@ -156,3 +180,16 @@ def test_a_snapshot_survives_the_trainer_deleting_the_checkpoint(tmp_path: Path)
         p.unlink() if p.is_file() else p.rmdir()
     assert (snapshot / "model.safetensors").read_bytes() == b"weights"
     assert (snapshot / "sub" / "x").read_bytes() == b"x"
+
+
+@pytest.mark.parametrize(("method", "adapter"), [("ia3", True), ("prefix-tuning", True), ("freeze", False)])
+def test_the_model_card_says_adapter_for_every_peft_method(tmp_path: Path, method: str, adapter: bool) -> None:
+    job = spec(method={"type": method})
+    if adapter:
+        (tmp_path / "adapter_config.json").write_text("{}")
+    metrics = {"trainable_parameters": 1538, "total_parameters": 109483778, "test_accuracy": 0.9}
+    card = write_model_card(job, tmp_path, metrics, JobLocation.from_spec(job, {})).read_text()
+    assert ("library_name: peft" in card) is adapter
+    assert "a peft adapter" in card if adapter else "the full model" in card
+    # Parameter counts and test metrics are in the card's results table.
+    assert "| trainable_parameters | 1538 |" in card and "| test_accuracy | 0.9 |" in card

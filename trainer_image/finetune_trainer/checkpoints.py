@@ -57,6 +57,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import yaml
+from pydantic.alias_generators import to_camel
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 from finetune_api.contract import (
@@ -239,9 +240,18 @@ def fingerprint_fields(spec: FineTuneJobSpec) -> dict[str, Any]:
         lora = spec.method.lora or LoraOptions()
         fields["method.lora.r"] = lora.r
         fields["method.lora.targetModules"] = sorted(lora.target_modules) if lora.target_modules else None
+        # Options that change what the adapter holds; listed only when set, so older fingerprints stay valid.
+        defaults = LoraOptions()
+        for key in ("use_dora", "use_rslora", "init_lora_weights", "modules_to_save"):
+            if getattr(lora, key) != getattr(defaults, key):
+                fields[f"method.lora.{to_camel(key)}"] = getattr(lora, key)
     if spec.method.type == "prompt-tuning":
         prompt = spec.method.prompt_tuning or PromptTuningOptions()
         fields["method.promptTuning.numVirtualTokens"] = prompt.num_virtual_tokens
+    for attr in ("ia3", "p_tuning", "prefix_tuning", "freeze"):
+        options = getattr(spec.method, attr)
+        if options is not None:
+            fields.update({f"method.{to_camel(attr)}.{k}": v for k, v in wire(options).items()})
     return fields
 
 
@@ -880,7 +890,9 @@ def write_model_card(spec: FineTuneJobSpec, out: Path, metrics: Mapping[str, Any
     base = m.name or m.uri or m.path
     resolved = out / RESOLVED_SPEC_FILE
     spec_yaml = resolved.read_text() if resolved.is_file() else yaml.safe_dump(wire(spec), sort_keys=False)
-    adapter = spec.method.type in ("lora", "qlora", "prompt-tuning")
+    from peft.utils.constants import CONFIG_NAME as ADAPTER_CONFIG
+
+    adapter = (out / ADAPTER_CONFIG).is_file()  # every peft method saves one; full models do not
     rows = "\n".join(
         f"| {k} | {v:.6g} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in sorted(metrics.items())
     )
