@@ -61,6 +61,7 @@ def task_cases(tiny_bert: Path, tiny_llama: Path, data: Path) -> dict[str, dict[
             files("entities", tiny.entity_rows),
         ),
         "question-answering": ({"type": "question-answering", "docStride": 16}, files("questions", tiny.question_rows)),
+        "regression": ({"type": "regression"}, files("scores", tiny.score_rows)),
     }
     cases = {name: tiny.spec_dict(tiny_bert, task, f) for name, (task, f) in encoder.items()}
     lora = {"type": "lora", "lora": {"r": 4, "alpha": 8, "dropout": 0.0}}
@@ -69,6 +70,9 @@ def task_cases(tiny_bert: Path, tiny_llama: Path, data: Path) -> dict[str, dict[
     )
     cases["preference"] = tiny_causal.causal_spec(
         tiny_llama, {"type": "preference"}, files("pairs", tiny_causal.preference_rows), lora
+    )
+    cases["reward-modeling"] = tiny_causal.causal_spec(
+        tiny_llama, {"type": "reward-modeling"}, files("reward-pairs", tiny_causal.preference_rows), lora
     )
     for spec in cases.values():
         spec["training"].update(
