@@ -11,17 +11,19 @@ from __future__ import annotations
 
 from hypothesis import HealthCheck, settings
 
-_COMMON = {
-    "deadline": None,
-    "database": None,
-    "print_blob": True,
-    "suppress_health_check": [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much],
-}
-settings.register_profile("ci", max_examples=100, derandomize=True, **_COMMON)
-settings.register_profile("long", max_examples=1000, **_COMMON)
+_BASE = settings(
+    deadline=None,
+    database=None,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much],
+)
+settings.register_profile("ci", _BASE, max_examples=100, derandomize=True)
+settings.register_profile("long", _BASE, max_examples=1000)
 settings.load_profile("ci")
 
 
 def cases(per_hundred: int) -> settings:
     """Settings for a test that runs ``per_hundred`` cases for every 100 of the profile's max_examples."""
-    return settings(max_examples=max(1, settings.default.max_examples * per_hundred // 100))
+    current = settings.default
+    assert current is not None  # a profile is always loaded (above)
+    return settings(max_examples=max(1, current.max_examples * per_hundred // 100))

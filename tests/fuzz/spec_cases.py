@@ -14,7 +14,7 @@ import typing
 from dataclasses import dataclass
 from typing import Any, Literal, Union, get_args, get_origin
 
-from annotated_types import Ge, Gt, Le, Lt, MaxLen
+from annotated_types import Ge, Gt, Le, Lt
 from hypothesis import strategies as st
 from pydantic import BaseModel
 
@@ -81,12 +81,8 @@ def leaves(model: type[BaseModel] = FineTuneJobSpec, prefix: tuple[str, ...] = (
             for attr, cls in (("ge", Ge), ("gt", Gt), ("le", Le), ("lt", Lt)):
                 if isinstance(meta, cls):
                     bounds[attr] = getattr(meta, attr)
-            if isinstance(meta, MaxLen):
-                bounds.setdefault("le", None)
         choices = get_args(annotation) if kind == "literal" else ()
-        leaf = Leaf(
-            (*prefix, alias), kind, info.is_required(), choices, **{k: v for k, v in bounds.items() if v is not None}
-        )
+        leaf = Leaf((*prefix, alias), kind, info.is_required(), choices, **bounds)
         found.append(leaf)
         if kind == "model":
             found += leaves(annotation, leaf.path)

@@ -8,6 +8,7 @@ no traceback for them.
 from __future__ import annotations
 
 import copy
+from functools import partial
 from typing import Any
 
 import pytest
@@ -44,6 +45,10 @@ def dry_run(kube: Kube, spec: Any) -> tuple[bool, str]:
         "apply", "--dry-run=server", "-n", "default", "-f", "-", input=manifest("fuzz", spec), check=False
     )
     return out.returncode != 0, out.stderr
+
+
+def status_of(kube: Kube, ns: str, name: str) -> dict[str, Any] | None:
+    return kube.kubectl_json("get", "ftj", name, "-n", ns).get("status")
 
 
 def check_against_api_server(kube: Kube, case: SpecCase) -> None:
@@ -89,13 +94,16 @@ def test_the_operator_keeps_reconciling_beside_generated_jobs(
         assert admitted >= 1, "no generated spec was admitted; the test would check nothing"
         kube.kubectl("apply", "-n", ns, "-f", "-", input=manifest("good", SEED))
         wait_for("the good job's Job", lambda: kube.kubectl_json("get", "job", "good", "-n", ns))
-        for i in range(admitted):
-            wait_for(f"odd-{i} reconciled", lambda i=i: kube.kubectl_json("get", "ftj", f"odd-{i}", "-n", ns)["status"])
+        for name in [f"odd-{i}" for i in range(admitted)]:
+            wait_for(f"{name} reconciled", partial(status_of, kube, ns, name))
         assert operator.healthy()
         new_log = operator.log()[log_start:]
         assert "Traceback" not in new_log, new_log[-3000:]
     finally:
         # Pods left running when the namespace goes can keep their GPUs on the KWOK nodes.
         kube.kubectl("delete", "ftj", "--all", "-n", ns, "--wait=true", "--timeout=90s", check=False)
-        pods = lambda: kube.kubectl_json("get", "pods", "-n", ns, "-l", "finetune.dev/job")["items"]  # noqa: E731
-        wait_for("the generated jobs' pods to go", lambda: pods() == [], timeout=90)
+
+        def no_pods() -> bool:
+            return kube.kubectl_json("get", "pods", "-n", ns, "-l", "finetune.dev/job")["items"] == []
+
+        wait_for("the generated jobs' pods to go", no_pods, timeout=90)
