@@ -418,7 +418,8 @@ class TrainingSpec(ApiModel):
         default=False,
         description=(
             "GPU only: Liger's Triton kernels (RMSNorm, RoPE, SwiGLU, fused linear cross-entropy) on the "
-            "architectures liger-kernel supports (Llama, Mistral, Qwen, Gemma, ...)."
+            "architectures liger-kernel supports (Llama, Mistral, Qwen, Gemma, ...). causal-lm SFT keeps TRL's own "
+            "chunked LM head instead of Liger's fused cross-entropy."
         ),
     )
     compile: bool = Field(
