@@ -1,4 +1,9 @@
-"""Which task x method pairs the trainer supports, and why the others are refused."""
+"""The API's one table of tasks and methods: the column roles each task reads, and the refused pairs.
+
+The names themselves are the ``TaskType``/``MethodType`` literals of :mod:`finetune_api.spec`. The
+trainer's units live in ``finetune_trainer.tasks``/``methods`` (one module and one registry line
+each); what the API needs to know about them (the CRD's rules, the reference) is written here, once.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,23 @@ from finetune_api.spec import MethodType, TaskType
 
 TASKS: tuple[str, ...] = get_args(TaskType)
 METHODS: tuple[str, ...] = get_args(MethodType)
+
+# Dataset column roles each task reads (keys of spec.task.columns) and their defaults.
+TASK_COLUMN_ROLES: dict[str, dict[str, str]] = {
+    "sequence-classification": {"text": "text", "textPair": "text_pair", "label": "label"},
+    "regression": {"text": "text", "textPair": "text_pair", "label": "label"},
+    "token-classification": {"tokens": "tokens", "tags": "tags"},
+    "question-answering": {"id": "id", "question": "question", "context": "context", "answers": "answers"},
+    "causal-lm": {
+        "text": "text",
+        "instruction": "instruction",
+        "input": "input",
+        "output": "output",
+        "messages": "messages",
+    },
+    "preference": {"prompt": "prompt", "chosen": "chosen", "rejected": "rejected"},
+    "reward-modeling": {"prompt": "prompt", "chosen": "chosen", "rejected": "rejected"},
+}
 
 # Each refused pair with the reason a person reads, and what to use instead.
 UNSUPPORTED: dict[tuple[str, str], str] = {

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from finetune_api.changes import transition_rules
-from finetune_api.matrix import UNSUPPORTED
+from finetune_api.matrix import TASK_COLUMN_ROLES, UNSUPPORTED
 from finetune_api.spec import (
     DatasetSpec,
     DeepSpeedOptions,
@@ -27,23 +27,6 @@ from finetune_api.spec import (
     TaskSpec,
     TrainingSpec,
 )
-
-# Dataset column roles each task reads (keys of spec.task.columns) and their defaults.
-TASK_COLUMN_ROLES: dict[str, dict[str, str]] = {
-    "sequence-classification": {"text": "text", "textPair": "text_pair", "label": "label"},
-    "regression": {"text": "text", "textPair": "text_pair", "label": "label"},
-    "token-classification": {"tokens": "tokens", "tags": "tags"},
-    "question-answering": {"id": "id", "question": "question", "context": "context", "answers": "answers"},
-    "causal-lm": {
-        "text": "text",
-        "instruction": "instruction",
-        "input": "input",
-        "output": "output",
-        "messages": "messages",
-    },
-    "preference": {"prompt": "prompt", "chosen": "chosen", "rejected": "rejected"},
-    "reward-modeling": {"prompt": "prompt", "chosen": "chosen", "rejected": "rejected"},
-}
 
 
 @dataclass(frozen=True)

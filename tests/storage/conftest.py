@@ -21,12 +21,6 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
 @pytest.fixture(scope="session")
-def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Directory of the tiny random BERT with MiniLM's tokenizer (see tests/trainer/tiny.py)."""
-    return tiny.build_tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
-
-
-@pytest.fixture(scope="session")
 def sentiment_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """A training CSV and a validation JSON lines file of the sentiment task."""
     root = tmp_path_factory.mktemp("sentiment")

@@ -10,19 +10,13 @@ from typing import Any
 import pytest
 
 from finetune_api.validation import parse_spec
-from finetune_trainer.checkpoints import (
-    CheckpointUploader,
-    JobLocation,
-    NodeInfo,
-    PendingCheckpoint,
-    check_compatible,
-    fingerprint,
-    fingerprint_fields,
-    rank_of,
-    snapshot_directory,
-    write_model_card,
-)
+from finetune_trainer.artifacts import write_model_card
+from finetune_trainer.checkpoint_store import rank_of
+from finetune_trainer.checkpoint_uploader import CheckpointUploader, PendingCheckpoint, snapshot_directory
 from finetune_trainer.errors import ConfigError
+from finetune_trainer.fingerprint import check_compatible, fingerprint, fingerprint_fields
+from finetune_trainer.job_location import JobLocation
+from finetune_trainer.world import WorldInfo
 
 
 def spec(**changes: Any) -> Any:
@@ -85,10 +79,10 @@ def test_submitting_never_blocks_training_while_an_upload_hangs(tmp_path: Path) 
 
 def test_node_roles_follow_torchrun_variables() -> None:
     env = {"RANK": "5", "WORLD_SIZE": "8", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "4", "GROUP_RANK": "1"}
-    node = NodeInfo.from_env(env)
+    node = WorldInfo.from_env(env)
     assert (node.node, node.nodes, node.is_main, node.is_node_leader) == (1, 2, False, False)
     assert list(node.node_ranks) == [4, 5, 6, 7]
-    assert NodeInfo.from_env({}) == NodeInfo()  # a plain single process
+    assert WorldInfo.from_env({}) == WorldInfo()  # a plain single process
 
 
 @pytest.mark.parametrize(

@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 
 from finetune_api.spec import S3Location
-from finetune_trainer.checkpoints import JobLocation, S3CheckpointStore
+from finetune_trainer.checkpoint_store import S3CheckpointStore
+from finetune_trainer.job_location import JobLocation
 from finetune_trainer.storage import MB, S3Storage, S3Uri
 from tests.cluster.fixture import MinIO
 from tests.storage.own_minio import OwnMinIO

@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 
 from finetune_api.validation import parse_spec
-from finetune_trainer.checkpoints import MANIFEST, JobLocation, S3CheckpointStore
+from finetune_trainer.checkpoint_store import MANIFEST, S3CheckpointStore
+from finetune_trainer.job_location import JobLocation
 from finetune_trainer.storage import S3Storage
 from tests.cluster.fixture import MinIO
 from tests.storage.trainer_runs import (

@@ -17,15 +17,11 @@ import pytest
 from finetune_api.spec import FineTuneJobSpec
 from finetune_api.validation import parse_spec
 from finetune_trainer import engine
-from finetune_trainer.checkpoints import (
-    MANIFEST,
-    FinalUploadError,
-    JobLocation,
-    S3CheckpointStore,
-    fingerprint,
-    fingerprint_fields,
-)
+from finetune_trainer.checkpoint_store import MANIFEST, S3CheckpointStore
 from finetune_trainer.errors import ConfigError
+from finetune_trainer.fingerprint import fingerprint, fingerprint_fields
+from finetune_trainer.job_location import JobLocation
+from finetune_trainer.s3_output import FinalUploadError
 from finetune_trainer.storage import S3Storage, S3Uri, relative_files
 from tests.cluster.fixture import Kube, MinIO
 from tests.integration.operator_process import install_crds

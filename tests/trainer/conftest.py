@@ -1,4 +1,7 @@
-"""Fixtures of the trainer tests: the tiny BERT and the generated encoder-task datasets (built once per session)."""
+"""Fixtures of the trainer tests: the generated encoder-task datasets, built once per session.
+
+The tiny BERT fixture (tiny_bert) is shared with the storage tests: tests/conftest.py.
+"""
 
 from __future__ import annotations
 
@@ -13,12 +16,6 @@ from tests.trainer import tiny
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
-
-@pytest.fixture(scope="session")
-def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Directory of the tiny random BERT with MiniLM's tokenizer."""
-    return tiny.build_tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
 
 
 @pytest.fixture(scope="session")

@@ -8,8 +8,9 @@ from typing import Any
 import pytest
 
 from finetune_api.validation import parse_spec
-from finetune_trainer.arguments import DeviceCapability, WorldInfo, resolve_precision, training_kwargs
+from finetune_trainer.arguments import DeviceCapability, resolve_precision, training_kwargs
 from finetune_trainer.errors import ConfigError
+from finetune_trainer.world import WorldInfo
 
 CPU = DeviceCapability(kind="cpu")
 AMPERE = DeviceCapability(kind="gpu", bf16=True)

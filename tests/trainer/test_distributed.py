@@ -18,8 +18,9 @@ from typing import Any
 import pytest
 import yaml
 
-from finetune_api.distributed import torchrun_command, training_kwargs
+from finetune_api.distributed import torchrun_command
 from finetune_api.validation import parse_spec
+from finetune_trainer.distribution import training_kwargs
 from tests.trainer import tiny, tiny_causal
 
 

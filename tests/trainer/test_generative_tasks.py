@@ -287,11 +287,12 @@ def engine_base_weights(trained: Trained) -> dict[str, Any]:
 def build_trainer(spec_dict: dict[str, Any], output_dir: Path) -> Any:
     """The task's trainer for a spec, assembled as engine.train assembles it, without training."""
     from finetune_trainer import engine
-    from finetune_trainer.arguments import DeviceCapability, WorldInfo, training_kwargs
+    from finetune_trainer.arguments import DeviceCapability, training_kwargs
     from finetune_trainer.data import load_datasets
     from finetune_trainer.methods import get_method
     from finetune_trainer.tasks import get_task
-    from finetune_trainer.tasks.base import PEFT_TASK_TYPES, RunContext
+    from finetune_trainer.tasks.base import RunContext
+    from finetune_trainer.world import WorldInfo
 
     spec = parse_spec(spec_dict)
     task, method = get_task(spec.task.type), get_method(spec.method.type)
@@ -309,9 +310,7 @@ def build_trainer(spec_dict: dict[str, Any], output_dir: Path) -> Any:
         greater_is_better=False,
         distributed_kwargs=engine.distributed_kwargs(spec, device),
     )
-    model = method.prepare(
-        spec, task.load_model(spec, model_path, method.load_kwargs(spec)), PEFT_TASK_TYPES[spec.task.type]
-    )
+    model = method.prepare(spec, task.load_model(spec, model_path, method.load_kwargs(spec)), task.peft_task_type)
     ctx = RunContext(spec, output_dir, model_path, tokenizer, method, datasets, kwargs)
     return task.build_trainer(ctx, model)
 

@@ -11,9 +11,9 @@ from finetune_api import contract
 from finetune_api.spec import FineTuneJobSpec
 from finetune_operator.builders import Parent, build_config_map, build_job
 from finetune_operator.settings import OperatorSettings
-from finetune_trainer.arguments import WorldInfo
 from finetune_trainer.errors import ConfigError, DataError, TrainerError
 from finetune_trainer.launch import exit_code_for
+from finetune_trainer.world import WorldInfo
 
 ROOT = Path(__file__).resolve().parents[2]
 SOURCES = {
@@ -133,3 +133,19 @@ def test_the_trainer_refuses_another_world_size_than_the_operator_planned() -> N
         WorldInfo.from_env(env).check_planned()
     WorldInfo.from_env({**env, "WORLD_SIZE": "4"}).check_planned()
     WorldInfo.from_env({"WORLD_SIZE": "2"}).check_planned()  # outside a cluster nothing is planned
+
+
+def test_the_api_package_imports_without_the_trainer_libraries() -> None:
+    """The operator image has no torch: every finetune_api module must import without it."""
+    import subprocess
+    import sys
+
+    modules = sorted(f"finetune_api.{p.stem}" for p in SOURCES["api"].glob("*.py") if p.stem != "__init__")
+    code = (
+        "import importlib, sys\n"
+        f"for m in {modules!r}: importlib.import_module(m)\n"
+        "heavy = sorted({'torch', 'accelerate', 'transformers', 'peft', 'trl'} & set(sys.modules))\n"
+        "assert not heavy, heavy\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr

@@ -11,13 +11,12 @@ from finetune_api.distributed import (
     NODE_RANK_FROM_JOB_INDEX,
     Rendezvous,
     deepspeed_config,
-    fsdp_settings,
     resolve_strategy,
     torchrun_command,
-    training_kwargs,
     world_size,
 )
 from finetune_api.validation import parse_spec
+from finetune_trainer.distribution import fsdp_settings, training_kwargs
 
 PROGRAM = ["-m", "finetune_trainer", "run", "--config", "/etc/finetune/spec.yaml", "--output-dir", "/outputs"]
 

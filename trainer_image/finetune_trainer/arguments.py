@@ -2,66 +2,24 @@
 
 :func:`training_kwargs` is pure: the same spec, world and device always give the same dict,
 so it is table-tested without torch and reused by tasks that build TRL configs
-(``SFTConfig(**kwargs)``) instead of ``TrainingArguments``. Only :meth:`WorldInfo.from_env`
-and :meth:`DeviceCapability.detect` look at the machine.
+(``SFTConfig(**kwargs)``) instead of ``TrainingArguments``. Only :meth:`DeviceCapability.detect`
+looks at the machine.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from finetune_api.contract import ENV_WORLD_SIZE
 from finetune_trainer.errors import ConfigError
+from finetune_trainer.world import WorldInfo
 
 if TYPE_CHECKING:
     from finetune_api.spec import FineTuneJobSpec
 
 ResolvedPrecision = Literal["bf16", "fp16", "fp32"]
-
-
-@dataclass(frozen=True)
-class WorldInfo:
-    """This process's place among the trainer processes (torchrun / accelerate environment)."""
-
-    world_size: int = 1
-    rank: int = 0
-    local_rank: int = 0
-    planned_world_size: int | None = None  # what the operator planned (FTJ_WORLD_SIZE); None outside a cluster
-
-    @property
-    def is_main(self) -> bool:
-        """Rank 0 writes the outputs; the others only train."""
-        return self.rank == 0
-
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> WorldInfo:
-        """Read WORLD_SIZE / RANK / LOCAL_RANK as torchrun and accelerate launch set them, and FTJ_WORLD_SIZE."""
-        env = os.environ if environ is None else environ
-        planned = env.get(ENV_WORLD_SIZE)
-        return cls(
-            world_size=int(env.get("WORLD_SIZE", "1")),
-            rank=int(env.get("RANK", "0")),
-            local_rank=int(env.get("LOCAL_RANK", "0")),
-            planned_world_size=int(planned) if planned and planned.isdigit() else None,
-        )
-
-    def check_planned(self) -> None:
-        """Refuse a run whose launcher started another number of processes than the operator planned.
-
-        Batch size, learning-rate schedule and checkpoint sharding all depend on the world size; a pod
-        started with other launcher options (a changed image entry point, a hand-edited Job) would
-        silently train something else than the spec says.
-        """
-        if self.planned_world_size is not None and self.planned_world_size != self.world_size:
-            raise ConfigError(
-                f"resources: the operator planned {self.planned_world_size} trainer processes "
-                f"(nodes x gpusPerNode, {ENV_WORLD_SIZE}) but the launcher started {self.world_size}; "
-                "the pod's command was changed: let the operator create the Job from the FineTuneJob"
-            )
 
 
 @dataclass(frozen=True)
@@ -123,7 +81,7 @@ def training_kwargs(
 
     ``metric_for_best_model``/``greater_is_better`` come from the task (see
     ``tasks.base.best_model_metric``). ``distributed_kwargs`` (DeepSpeed / FSDP settings from
-    ``finetune_api.distributed``) are merged last, so they win over anything set here.
+    ``finetune_trainer.distribution``) are merged last, so they win over anything set here.
     """
     t = spec.training
     precision = resolve_precision(t.precision, device)

@@ -19,7 +19,6 @@ from collections.abc import Sequence
 
 from finetune_api.spec import FineTuneJobSpec
 from finetune_api.validation import InvalidSpec, load_spec_file
-from finetune_trainer.arguments import WorldInfo
 from finetune_trainer.errors import (
     EXIT_CONFIG,
     EXIT_DATA,
@@ -30,6 +29,7 @@ from finetune_trainer.errors import (
     classify,
     write_termination_message,
 )
+from finetune_trainer.world import WorldInfo
 
 log = logging.getLogger("finetune_trainer")
 

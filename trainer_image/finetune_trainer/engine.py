@@ -13,14 +13,13 @@ Outputs in ``output_dir``:
 
 With ``spec.output.s3`` every checkpoint is also uploaded as it is saved, a restarted run resumes
 from the newest complete checkpoint in S3, and the outputs above go to S3 at the end
-(:mod:`finetune_trainer.checkpoints`).
+(:mod:`finetune_trainer.s3_output`).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,33 +30,28 @@ import yaml
 from finetune_api.contract import METRICS_FILE, RESOLVED_SPEC_FILE
 from finetune_api.spec import (
     FineTuneJobSpec,
-    FreezeOptions,
-    Ia3Options,
-    LoraOptions,
-    PrefixTuningOptions,
-    PromptTuningOptions,
-    PTuningOptions,
-    QuantizationOptions,
     wire,
 )
 from finetune_api.status import FineTuneJobStatus, Parameters, Runtime
 from finetune_api.validation import load_spec_file
 from finetune_trainer import kernels
-from finetune_trainer.arguments import DeviceCapability, WorldInfo, resolve_precision, training_kwargs
+from finetune_trainer.arguments import DeviceCapability, resolve_precision, training_kwargs
 from finetune_trainer.data import load_datasets, load_retry_seconds
 from finetune_trainer.errors import ConfigError, RetryableError, retry_transient
 from finetune_trainer.evaluation import evaluate_test_split
+from finetune_trainer.job_location import step_of
 from finetune_trainer.methods import get_method
 from finetune_trainer.methods.base import HasRunHooks, count_parameters
 from finetune_trainer.sizing_on_device import size_for_device
 from finetune_trainer.tasks import get_task
 from finetune_trainer.tasks.base import (
-    PEFT_TASK_TYPES,
+    AdjustsTokenizer,
     ChecksWithTokenizer,
     RunContext,
     best_model_metric,
     pretrained_kwargs,
 )
+from finetune_trainer.world import WorldInfo
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase, Trainer
@@ -78,7 +72,6 @@ TOKENIZER_FILES = (
     "tokenizer.model",
     "spiece.model",
 )
-CHECKPOINT_DIR = re.compile(r"^checkpoint-(\d+)$")
 # Written last by Trainer._save_checkpoint: its presence marks a checkpoint as complete.
 CHECKPOINT_COMPLETE_MARKER = "trainer_state.json"
 
@@ -174,19 +167,9 @@ def load_tokenizer(spec: FineTuneJobSpec, model_path: str) -> PreTrainedTokenize
         lambda: AutoTokenizer.from_pretrained(model_path, **pretrained_kwargs(spec, model_path)),
         permanent=(OSError, ValueError),
     )
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    pre_tokenizer = getattr(backend, "pre_tokenizer", None)
-    if (
-        spec.task.type == "token-classification"
-        and backend is not None
-        and pre_tokenizer is not None
-        and type(pre_tokenizer).__name__ == "ByteLevel"
-        and not getattr(pre_tokenizer, "add_prefix_space", True)
-    ):
-        # Byte-level BPE (RoBERTa, GPT-2, Llama 3) encodes a word differently at the start of a text than
-        # after a space; pre-split words must all get the in-sentence form, which a prefix space gives them.
-        pre_tokenizer.add_prefix_space = True
-        backend.pre_tokenizer = pre_tokenizer
+    task = get_task(spec.task.type)
+    if isinstance(task, AdjustsTokenizer):
+        task.adjust_tokenizer(tokenizer)
     if tokenizer.pad_token is None:
         if tokenizer.eos_token is None:
             raise ConfigError(f"{field}: the tokenizer of {model_path} has neither a pad nor an eos token")
@@ -201,15 +184,15 @@ def latest_checkpoint(output_dir: Path) -> str | None:
         return None
     found = []
     for child in output_dir.iterdir():
-        match = CHECKPOINT_DIR.match(child.name)
-        if match and child.is_dir() and (child / CHECKPOINT_COMPLETE_MARKER).is_file():
-            found.append((int(match.group(1)), child))
+        step = step_of(child.name)
+        if step is not None and child.is_dir() and (child / CHECKPOINT_COMPLETE_MARKER).is_file():
+            found.append((step, child))
     return str(max(found)[1]) if found else None
 
 
 def distributed_kwargs(spec: FineTuneJobSpec, device: DeviceCapability) -> dict[str, Any]:
     """DeepSpeed / FSDP TrainingArguments for the spec's strategy (empty for one process or DDP)."""
-    from finetune_api.distributed import training_kwargs as strategy_kwargs
+    from finetune_trainer.distribution import training_kwargs as strategy_kwargs
 
     return strategy_kwargs(spec, precision=resolve_precision(spec.training.precision, device))
 
@@ -255,12 +238,14 @@ def _train(
 ) -> RunResult:
     from transformers import EarlyStoppingCallback, set_seed
 
-    from finetune_trainer import checkpoints
+    from finetune_trainer.artifacts import save_merged_model, write_model_card
+    from finetune_trainer.fingerprint import check_local_resume, record_local_fingerprint
+    from finetune_trainer.s3_output import open_output
     from finetune_trainer.status_reporter import ProgressCallback
 
     # S3 first: refused credentials, a missing bucket or a checkpoint of another spec fail before anything loads.
-    s3_output = checkpoints.open_output(spec, out, reporter=reporter)
-    checkpoints.check_local_resume(spec, out, latest_checkpoint(out))
+    s3_output = open_output(spec, out, reporter=reporter)
+    check_local_resume(spec, out, latest_checkpoint(out))
     task = get_task(spec.task.type)
     method = get_method(spec.method.type)
     device = DeviceCapability.detect()
@@ -306,7 +291,7 @@ def _train(
         raise unloadable(spec, f"a model from {model_path}", err) from None
     check_sequence_length(spec, model, tokenizer)
     kernels.check_liger(spec, model)
-    model = method.prepare(spec, model, PEFT_TASK_TYPES[spec.task.type])
+    model = method.prepare(spec, model, task.peft_task_type)
     if isinstance(method, HasRunHooks):
         method.start(spec, model, out, world.is_main)
     trainable, total = count_parameters(model)
@@ -338,7 +323,7 @@ def _train(
         reporter.update(FineTuneJobStatus(runtime=runtime))
 
     if world.is_main:
-        checkpoints.record_local_fingerprint(spec, out)
+        record_local_fingerprint(spec, out)
     checkpoint = latest_checkpoint(out)
     if s3_output is not None:
         checkpoint = s3_output.restore(trainer, checkpoint)  # the newest complete checkpoint in S3, downloaded
@@ -369,7 +354,11 @@ def _train(
         resolved = resolved_spec(spec, metric, trainer.model, runtime)
         (out / RESOLVED_SPEC_FILE).write_text(yaml.safe_dump(wire(resolved), sort_keys=False))
     if s3_output is not None:
-        s3_output.finish(trainer, metrics, model_path=model_path)  # final artifacts and manifest to S3
+        merged = None
+        if trainer.is_world_process_zero():
+            write_model_card(spec, out, metrics, s3_output.location)
+            merged = save_merged_model(spec, out, model_path) if spec.output.save_merged_model else None
+        s3_output.finish(trainer, metrics, merged=merged)  # final artifacts and manifest to S3
     return RunResult(metrics=metrics, model=trainer.model, tokenizer=tokenizer, trainer=trainer, output_dir=out)
 
 
@@ -385,26 +374,7 @@ def resolved_spec(spec: FineTuneJobSpec, metric: str, model: Any, runtime: Runti
     if runtime is not None:
         update.update(attention=runtime.attention, optimizer=runtime.optimizer)
     training = spec.training.model_copy(update=update)
-    method = spec.method
-    if method.type in ("lora", "qlora"):
-        lora = method.lora or LoraOptions()
-        peft_config = getattr(model, "peft_config", {}).get("default")
-        targets = getattr(peft_config, "target_modules", None)
-        if not lora.target_modules and targets:
-            lora = lora.model_copy(update={"target_modules": sorted(targets)})
-        method = method.model_copy(update={"lora": lora})
-    if method.type == "qlora" and method.quantization is None:
-        method = method.model_copy(update={"quantization": QuantizationOptions()})
-    # Every other method's options block, with its defaults, when the spec left it out.
-    for attr, options in (
-        ("prompt_tuning", PromptTuningOptions),
-        ("ia3", Ia3Options),
-        ("p_tuning", PTuningOptions),
-        ("prefix_tuning", PrefixTuningOptions),
-        ("freeze", FreezeOptions),
-    ):
-        if method.type == attr.replace("_", "-") and getattr(method, attr) is None:
-            method = method.model_copy(update={attr: options()})
+    method = get_method(spec.method.type).resolved(spec, model)
     return spec.model_copy(update={"training": training, "method": method})
 
 

@@ -25,6 +25,7 @@ from pydantic import ValidationError
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 from finetune_api.contract import API_GROUP, API_VERSION, ENV_JOB_NAME, ENV_JOB_NAMESPACE, ENV_STATUS_INTERVAL, PLURAL
+from finetune_api.kube_client import load_kube_config
 from finetune_api.status import FineTuneJobStatus, Progress, now, status_patch
 
 log = logging.getLogger(__name__)
@@ -37,13 +38,9 @@ def kubernetes_patcher(namespace: str, name: str) -> PatchFn:
     In a pod the in-cluster config is used; elsewhere KUBECONFIG (the test node agent
     writes one per pod holding that pod's service-account token).
     """
-    from kubernetes import client, config
+    from kubernetes import client
 
-    try:
-        config.load_incluster_config()
-    except config.ConfigException:
-        # Name the file: the client reads KUBECONFIG only once, when it is first imported.
-        config.load_kube_config(config_file=os.environ.get("KUBECONFIG"))
+    load_kube_config()
     api = client.CustomObjectsApi()
 
     def patch(status: dict[str, Any]) -> None:

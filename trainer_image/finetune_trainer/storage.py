@@ -249,14 +249,19 @@ class S3Settings:
         return self.endpoint or f"AWS S3 ({self.region})"
 
 
+def env_number(name: str, default: float) -> float:
+    """A number from the environment variable ``name``; ``default`` when unset or not a number (logged)."""
+    raw = os.environ.get(name)
+    try:
+        return float(raw) if raw else default
+    except ValueError:
+        log.warning("%s=%r is not a number; using %s", name, raw, default)
+        return default
+
+
 def retry_seconds_from_env() -> float:
     """How long transfers keep retrying (FTJ_S3_RETRY_SECONDS, default 300)."""
-    raw = os.environ.get(RETRY_SECONDS_ENV)
-    try:
-        return float(raw) if raw else DEFAULT_RETRY_SECONDS
-    except ValueError:
-        log.warning("%s=%r is not a number; using %s s", RETRY_SECONDS_ENV, raw, DEFAULT_RETRY_SECONDS)
-        return DEFAULT_RETRY_SECONDS
+    return env_number(RETRY_SECONDS_ENV, DEFAULT_RETRY_SECONDS)
 
 
 def sha256_file(path: Path) -> str:

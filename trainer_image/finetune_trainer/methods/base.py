@@ -12,7 +12,7 @@ if TYPE_CHECKING:
     from torch import nn
     from transformers import PreTrainedModel
 
-    from finetune_api.spec import FineTuneJobSpec
+    from finetune_api.spec import FineTuneJobSpec, MethodSpec
 
 # peft task types whose models carry a freshly initialised head that must train (and be saved) with the adapter.
 HEAD_TASK_TYPES = ("SEQ_CLS", "TOKEN_CLS", "QUESTION_ANS")
@@ -34,6 +34,46 @@ class MethodUnit(Protocol):
     def prepare(self, spec: FineTuneJobSpec, model: PreTrainedModel, task_type: str) -> Any:
         """The model ready to train: frozen parts frozen, adapters attached."""
         ...
+
+    def fingerprint_fields(self, spec: FineTuneJobSpec) -> dict[str, Any]:
+        """The method options a checkpoint's weights depend on, by field path (e.g. the LoRA rank)."""
+        ...
+
+    def resolved(self, spec: FineTuneJobSpec, model: Any) -> MethodSpec:
+        """spec.method with the defaults this run chose written in (for spec.resolved.yaml)."""
+        ...
+
+    def merge_load_kwargs(self, spec: FineTuneJobSpec) -> dict[str, Any]:
+        """from_pretrained options to load the base again for merging the adapter (output.saveMergedModel)."""
+        ...
+
+
+class MethodDefaults:
+    """The answers of a method without adapter options; units override what differs."""
+
+    options_field: str | None = None  # the MethodSpec attribute holding this method's options block
+    options_model: Any = None  # its model class, whose defaults fill a block the spec left out
+
+    def fingerprint_fields(self, spec: FineTuneJobSpec) -> dict[str, Any]:
+        """Every option of this method's block, when the spec sets one (older fingerprints stay valid without)."""
+        from pydantic.alias_generators import to_camel
+
+        from finetune_api.spec import wire
+
+        options = getattr(spec.method, self.options_field) if self.options_field else None
+        if options is None:
+            return {}
+        return {f"method.{to_camel(self.options_field or '')}.{k}": v for k, v in wire(options).items()}
+
+    def resolved(self, spec: FineTuneJobSpec, model: Any) -> MethodSpec:
+        """spec.method with this method's options block, defaults filled, when the spec left it out."""
+        if self.options_field is None or getattr(spec.method, self.options_field) is not None:
+            return spec.method
+        return spec.method.model_copy(update={self.options_field: self.options_model()})
+
+    def merge_load_kwargs(self, spec: FineTuneJobSpec) -> dict[str, Any]:
+        """The base loads as saved."""
+        return {}
 
 
 @runtime_checkable

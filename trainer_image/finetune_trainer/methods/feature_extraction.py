@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from finetune_trainer.errors import ConfigError
-from finetune_trainer.methods.base import head_module_names
+from finetune_trainer.methods.base import MethodDefaults, head_module_names
 
 if TYPE_CHECKING:
     from peft import PeftConfig
@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     from finetune_api.spec import FineTuneJobSpec
 
 
-class FeatureExtractionMethod:
+class FeatureExtractionMethod(MethodDefaults):
     """Freeze the body (``model.base_model_prefix``), train the head; the saved artifact is the whole model.
 
     No peft adapter is involved: peft has nothing to add when no body weight changes, and

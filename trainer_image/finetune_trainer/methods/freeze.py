@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from finetune_api.spec import FreezeOptions
 from finetune_trainer.errors import ConfigError
-from finetune_trainer.methods.base import head_module_names
+from finetune_trainer.methods.base import MethodDefaults, head_module_names
 
 if TYPE_CHECKING:
     from peft import PeftConfig
@@ -54,10 +55,12 @@ def untied_heads(model: PreTrainedModel) -> list[str]:
     ]
 
 
-class FreezeMethod:
+class FreezeMethod(MethodDefaults):
     """Train the last method.freeze.trainableLayers layers of each stack and the head; the artifact is the model."""
 
     name = "freeze"
+    options_field = "freeze"
+    options_model = FreezeOptions
 
     def load_kwargs(self, spec: FineTuneJobSpec) -> dict[str, Any]:
         """No extra loading options."""

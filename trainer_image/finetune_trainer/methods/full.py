@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from finetune_trainer.methods.base import MethodDefaults
+
 if TYPE_CHECKING:
     from peft import PeftConfig
     from transformers import PreTrainedModel
@@ -11,7 +13,7 @@ if TYPE_CHECKING:
     from finetune_api.spec import FineTuneJobSpec
 
 
-class FullMethod:
+class FullMethod(MethodDefaults):
     """Train all weights; the saved artifact is the whole model."""
 
     name = "full"

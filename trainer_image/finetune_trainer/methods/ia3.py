@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from finetune_api.spec import Ia3Options
 from finetune_trainer.errors import ConfigError
-from finetune_trainer.methods.base import HEAD_TASK_TYPES, head_module_names
+from finetune_trainer.methods.base import HEAD_TASK_TYPES, MethodDefaults, head_module_names
 from finetune_trainer.methods.lora import attach_adapter, linear_module_names
 
 if TYPE_CHECKING:
@@ -33,10 +34,12 @@ def default_ia3_modules(model: nn.Module) -> tuple[list[str], list[str]]:
     return list(targets), list(TRANSFORMERS_MODELS_TO_IA3_FEEDFORWARD_MODULES_MAPPING.get(model_type, []))
 
 
-class Ia3Method:
+class Ia3Method(MethodDefaults):
     """IA3 vectors (initialised to ones: the start is the base model); the artifact is the adapter plus the head."""
 
     name = "ia3"
+    options_field = "ia3"
+    options_model = Ia3Options
 
     def load_kwargs(self, spec: FineTuneJobSpec) -> dict[str, Any]:
         """The base loads unchanged."""

@@ -6,14 +6,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from finetune_trainer.errors import ConfigError
-from finetune_trainer.methods.base import HEAD_TASK_TYPES, head_module_names
+from finetune_trainer.methods.base import HEAD_TASK_TYPES, MethodDefaults, head_module_names
 
 if TYPE_CHECKING:
     from peft import LoraConfig
     from torch import nn
     from transformers import PreTrainedModel
 
-    from finetune_api.spec import FineTuneJobSpec
+    from finetune_api.spec import FineTuneJobSpec, MethodSpec
 
 
 def default_target_modules(model: nn.Module) -> list[str]:
@@ -189,7 +189,7 @@ def dedupe_modules_to_save(peft_model: Any) -> None:
             config.modules_to_save = list(dict.fromkeys(config.modules_to_save))
 
 
-class LoraMethod:
+class LoraMethod(MethodDefaults):
     """Low-rank adapters; the saved artifact is the adapter plus the task head (modules_to_save)."""
 
     name = "lora"
@@ -215,3 +215,32 @@ class LoraMethod:
         """After the final save: convert a PiSSA/OLoRA adapter to apply to the original base."""
         if is_main:
             convert_saved_adapter(spec, model, output_dir)
+
+    def fingerprint_fields(self, spec: FineTuneJobSpec) -> dict[str, Any]:
+        """The rank and the adapted modules decide the adapter's shape."""
+        from pydantic.alias_generators import to_camel
+
+        from finetune_api.spec import LoraOptions
+
+        lora = spec.method.lora or LoraOptions()
+        fields: dict[str, Any] = {
+            "method.lora.r": lora.r,
+            "method.lora.targetModules": sorted(lora.target_modules) if lora.target_modules else None,
+        }
+        # Options that change what the adapter holds; listed only when set, so older fingerprints stay valid.
+        defaults = LoraOptions()
+        for key in ("use_dora", "use_rslora", "init_lora_weights", "modules_to_save"):
+            if getattr(lora, key) != getattr(defaults, key):
+                fields[f"method.lora.{to_camel(key)}"] = getattr(lora, key)
+        return fields
+
+    def resolved(self, spec: FineTuneJobSpec, model: Any) -> MethodSpec:
+        """method.lora with its defaults filled, and the target modules peft chose when none were named."""
+        from finetune_api.spec import LoraOptions
+
+        lora = spec.method.lora or LoraOptions()
+        peft_config = getattr(model, "peft_config", {}).get("default")
+        targets = getattr(peft_config, "target_modules", None)
+        if not lora.target_modules and targets:
+            lora = lora.model_copy(update={"target_modules": sorted(targets)})
+        return spec.method.model_copy(update={"lora": lora})

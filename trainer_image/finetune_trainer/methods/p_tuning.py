@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from finetune_trainer.methods.base import HEAD_TASK_TYPES, head_module_names
+from finetune_api.spec import PTuningOptions
+from finetune_trainer.methods.base import HEAD_TASK_TYPES, MethodDefaults, head_module_names
 from finetune_trainer.methods.lora import attach_adapter
 from finetune_trainer.methods.prompt_tuning import check_virtual_positions
 
@@ -15,10 +16,12 @@ if TYPE_CHECKING:
     from finetune_api.spec import FineTuneJobSpec
 
 
-class PTuningMethod:
+class PTuningMethod(MethodDefaults):
     """Prompt encoder of method.pTuning; the saved artifact is the encoder's virtual tokens plus the head."""
 
     name = "p-tuning"
+    options_field = "p_tuning"
+    options_model = PTuningOptions
 
     def load_kwargs(self, spec: FineTuneJobSpec) -> dict[str, Any]:
         """The base loads unchanged."""

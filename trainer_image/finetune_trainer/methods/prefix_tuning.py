@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from finetune_trainer.methods.base import HEAD_TASK_TYPES, head_module_names
+from finetune_api.spec import PrefixTuningOptions
+from finetune_trainer.methods.base import HEAD_TASK_TYPES, MethodDefaults, head_module_names
 from finetune_trainer.methods.lora import attach_adapter
 
 if TYPE_CHECKING:
@@ -18,10 +19,12 @@ if TYPE_CHECKING:
     from finetune_api.spec import FineTuneJobSpec
 
 
-class PrefixTuningMethod:
+class PrefixTuningMethod(MethodDefaults):
     """Prefix of method.prefixTuning.numVirtualTokens positions; the artifact is the prefix plus the head."""
 
     name = "prefix-tuning"
+    options_field = "prefix_tuning"
+    options_model = PrefixTuningOptions
 
     def load_kwargs(self, spec: FineTuneJobSpec) -> dict[str, Any]:
         """The base loads unchanged."""

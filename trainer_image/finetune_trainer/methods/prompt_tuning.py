@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from finetune_api.spec import PromptTuningOptions
 from finetune_trainer.errors import ConfigError
-from finetune_trainer.methods.base import HEAD_TASK_TYPES, head_module_names
+from finetune_trainer.methods.base import HEAD_TASK_TYPES, MethodDefaults, head_module_names
 from finetune_trainer.methods.lora import dedupe_modules_to_save
 
 if TYPE_CHECKING:
@@ -27,10 +28,19 @@ def check_virtual_positions(spec: FineTuneJobSpec, model: PreTrainedModel, virtu
         )
 
 
-class PromptTuningMethod:
+class PromptTuningMethod(MethodDefaults):
     """Soft prompt of method.promptTuning.numVirtualTokens; the saved artifact is the prompt plus the head."""
 
     name = "prompt-tuning"
+    options_field = "prompt_tuning"
+    options_model = PromptTuningOptions
+
+    def fingerprint_fields(self, spec: FineTuneJobSpec) -> dict[str, Any]:
+        """The number of virtual tokens decides the prompt's shape."""
+        from finetune_api.spec import PromptTuningOptions
+
+        opts = spec.method.prompt_tuning or PromptTuningOptions()
+        return {"method.promptTuning.numVirtualTokens": opts.num_virtual_tokens}
 
     def load_kwargs(self, spec: FineTuneJobSpec) -> dict[str, Any]:
         """The base loads unchanged."""

@@ -15,14 +15,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from finetune_trainer.errors import ConfigError
-from finetune_trainer.methods.lora import attach_adapter, convert_saved_adapter, keep_initial_adapter, lora_config
+from finetune_trainer.methods.lora import LoraMethod, attach_adapter
 
 if TYPE_CHECKING:
-    from peft import LoraConfig
     from torch import nn
     from transformers import BitsAndBytesConfig, PreTrainedModel
 
-    from finetune_api.spec import FineTuneJobSpec
+    from finetune_api.spec import FineTuneJobSpec, MethodSpec
 
 
 def shards_parameters(spec: FineTuneJobSpec) -> bool:
@@ -75,8 +74,9 @@ def keep_cpu_weights_trainable(model: nn.Module) -> None:
             setattr(module, "support_avx512bf16_for_cpu", False)  # noqa: B010 (a bitsandbytes attribute)
 
 
-class QloraMethod:
-    """4-bit base (bitsandbytes) + LoRA; the saved artifact is the adapter, as for lora."""
+class QloraMethod(LoraMethod):
+    """4-bit base (bitsandbytes) + LoRA; the adapter, its fingerprint, its saved artifact and its OLoRA
+    conversion (start/finish) are lora's."""
 
     name = "qlora"
 
@@ -94,9 +94,20 @@ class QloraMethod:
             kwargs["device_map"] = {"": int(os.environ.get("LOCAL_RANK", "0"))}
         return kwargs
 
-    def peft_config(self, spec: FineTuneJobSpec, model: PreTrainedModel, task_type: str) -> LoraConfig:
-        """The lora method's LoraConfig (method.lora, per-architecture target modules)."""
-        return lora_config(spec, model, task_type)
+    def resolved(self, spec: FineTuneJobSpec, model: Any) -> MethodSpec:
+        """The LoRA options as lora resolves them, and method.quantization with its defaults filled."""
+        from finetune_api.spec import QuantizationOptions
+
+        method = super().resolved(spec, model)
+        return method.model_copy(update={"quantization": method.quantization or QuantizationOptions()})
+
+    def merge_load_kwargs(self, spec: FineTuneJobSpec) -> dict[str, Any]:
+        """Unquantised, in the quantisation's compute dtype: 4-bit weights cannot take a merged update."""
+        import torch
+
+        from finetune_api.spec import QuantizationOptions
+
+        return {"dtype": getattr(torch, (spec.method.quantization or QuantizationOptions()).compute_dtype)}
 
     def prepare(self, spec: FineTuneJobSpec, model: PreTrainedModel, task_type: str) -> Any:
         """Freeze and prepare the 4-bit base (peft's prepare_model_for_kbit_training), then attach LoRA."""
@@ -125,16 +136,6 @@ class QloraMethod:
         if spec.method.lora is not None and spec.method.lora.init_lora_weights == "loftq":
             loftq_init(peft_model)
         return peft_model
-
-    def start(self, spec: FineTuneJobSpec, model: Any, output_dir: Path, is_main: bool) -> None:
-        """Before training: keep an OLoRA adapter's initial state for the final conversion (as lora does)."""
-        if is_main:
-            keep_initial_adapter(spec, model, output_dir)
-
-    def finish(self, spec: FineTuneJobSpec, model: Any, output_dir: Path, is_main: bool) -> None:
-        """After the final save: convert an OLoRA adapter to apply to the original 4-bit base."""
-        if is_main:
-            convert_saved_adapter(spec, model, output_dir)
 
 
 def loftq_init(peft_model: Any) -> None:

@@ -3,27 +3,17 @@ maps task names to units."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
-    from datasets import DatasetDict
+    from datasets import Dataset, DatasetDict
     from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer
 
     from finetune_api.spec import FineTuneJobSpec
     from finetune_trainer.methods.base import MethodUnit
-
-# peft TaskType per task: decides which PeftModel wrapper (and so which head) an adapter gets.
-PEFT_TASK_TYPES: dict[str, str] = {
-    "sequence-classification": "SEQ_CLS",
-    "regression": "SEQ_CLS",
-    "token-classification": "TOKEN_CLS",
-    "question-answering": "QUESTION_ANS",
-    "causal-lm": "CAUSAL_LM",
-    "preference": "CAUSAL_LM",
-    "reward-modeling": "SEQ_CLS",
-}
 
 
 @dataclass
@@ -45,6 +35,7 @@ class TaskUnit(Protocol):
     """One task: columns it reads, model head, preprocessing, collator, metrics, trainer."""
 
     name: str
+    peft_task_type: str  # peft TaskType: decides which PeftModel wrapper (and so which head) an adapter gets
     default_metric: str  # metric_for_best_model when the spec leaves it empty
     greater_is_better: bool
 
@@ -78,6 +69,15 @@ class ChoosesMetricPerSpec(Protocol):
 
 
 @runtime_checkable
+class AdjustsTokenizer(Protocol):
+    """A task that needs a tokenizer setting the model's own tokenizer lacks (e.g. prefix spaces for split words)."""
+
+    def adjust_tokenizer(self, tokenizer: PreTrainedTokenizerBase) -> None:
+        """Change the freshly loaded tokenizer in place."""
+        ...
+
+
+@runtime_checkable
 class ChecksWithTokenizer(Protocol):
     """A task with data checks that need the tokenizer (never the model), run by ``validate`` and ``run``."""
 
@@ -103,7 +103,7 @@ def best_model_metric(task: TaskUnit, spec: FineTuneJobSpec) -> tuple[str, bool]
 
 def column_roles_for(spec: FineTuneJobSpec) -> dict[str, str]:
     """Role -> dataset column: the task's default column names overridden by task.columns."""
-    from finetune_api.rules import TASK_COLUMN_ROLES
+    from finetune_api.matrix import TASK_COLUMN_ROLES
 
     return {**TASK_COLUMN_ROLES[spec.task.type], **spec.task.columns}
 
@@ -121,6 +121,63 @@ def training_arguments(ctx: RunContext, **overrides: Any) -> Any:
     from transformers import TrainingArguments
 
     return TrainingArguments(**{**ctx.training_kwargs, **overrides})
+
+
+def load_labelled_model(
+    auto_class: Any, spec: FineTuneJobSpec, model_path: str, load_kwargs: dict[str, Any], **options: Any
+) -> PreTrainedModel:
+    """``auto_class.from_pretrained`` with a head over task.labels, labelled by name (id2label/label2id)."""
+    labels = spec.task.labels
+    model: PreTrainedModel = auto_class.from_pretrained(
+        model_path,
+        num_labels=len(labels),
+        id2label=dict(enumerate(labels)),
+        label2id={name: i for i, name in enumerate(labels)},
+        # A checkpoint fine-tuned on other labels has a head of another size: replace it.
+        ignore_mismatched_sizes=True,
+        **options,
+        **pretrained_kwargs(spec, model_path),
+        **load_kwargs,
+    )
+    return model
+
+
+def preprocessed_splits(
+    ctx: RunContext, args: Any, preprocess: Callable[[Dataset], Dataset], desc: str = "tokenising"
+) -> tuple[Dataset, Dataset | None]:
+    """The train and (if any) eval split through ``preprocess``, the main process first (it fills the cache)."""
+    with args.main_process_first(desc=desc):
+        train = preprocess(ctx.datasets["train"])
+        evaluation = preprocess(ctx.datasets["eval"]) if "eval" in ctx.datasets else None
+    return train, evaluation
+
+
+def task_trainer(
+    ctx: RunContext,
+    model: Any,
+    args: Any,
+    *,
+    train: Dataset,
+    evaluation: Dataset | None,
+    collator: Any,
+    compute_metrics: Any,
+    compute_loss_func: Any = None,
+    trainer_class: type[Trainer] | None = None,
+) -> Trainer:
+    """The Trainer (or ``trainer_class``) of an encoder task: its data, collator, metrics and the run's callbacks."""
+    from transformers import Trainer
+
+    return (trainer_class or Trainer)(
+        model=model,
+        args=args,
+        data_collator=collator,
+        train_dataset=train,
+        eval_dataset=evaluation,
+        processing_class=ctx.tokenizer,
+        compute_metrics=compute_metrics,
+        compute_loss_func=compute_loss_func,
+        callbacks=ctx.callbacks,
+    )
 
 
 def pad_multiple(ctx: RunContext) -> int | None:

@@ -197,6 +197,7 @@ class CausalLmTask:
     """Supervised fine-tuning of a causal LM (text, alpaca, chatml, messages) with TRL's SFTTrainer."""
 
     name = "causal-lm"
+    peft_task_type = "CAUSAL_LM"  # which PeftModel wrapper (and so which head) an adapter gets
     default_metric = "eval_loss"
     greater_is_better = False
 

@@ -60,6 +60,7 @@ class PreferenceTask:
     """DPO on prompt / chosen / rejected pairs; the reference is the adapter-free base where an adapter trains."""
 
     name = "preference"
+    peft_task_type = "CAUSAL_LM"  # which PeftModel wrapper (and so which head) an adapter gets
     default_metric = "eval_loss"
     greater_is_better = False
 

@@ -24,6 +24,7 @@ from finetune_trainer.tasks.base import (
     column_roles_for,
     pad_multiple,
     pretrained_kwargs,
+    task_trainer,
     training_arguments,
 )
 
@@ -115,6 +116,7 @@ class QuestionAnsweringTask:
     """AutoModelForQuestionAnswering over overlapping windows; SQuAD exact match and F1."""
 
     name = "question-answering"
+    peft_task_type = "QUESTION_ANS"  # which PeftModel wrapper (and so which head) an adapter gets
     default_metric = "exact_match"
     greater_is_better = True
 
@@ -248,15 +250,15 @@ class QuestionAnsweringTask:
                     windows["example_index"],
                     windows["offset_mapping"],
                 )
-        return _trainer_class()(
-            model=model,
-            args=args,
-            data_collator=DataCollatorWithPadding(ctx.tokenizer, pad_to_multiple_of=pad_multiple(ctx)),
-            train_dataset=train,
-            eval_dataset=evaluation,
-            processing_class=ctx.tokenizer,
+        return task_trainer(
+            ctx,
+            model,
+            args,
+            train=train,
+            evaluation=evaluation,
+            collator=DataCollatorWithPadding(ctx.tokenizer, pad_to_multiple_of=pad_multiple(ctx)),
             compute_metrics=compute_metrics,
-            callbacks=ctx.callbacks,
+            trainer_class=_trainer_class(),
         )
 
 

@@ -37,6 +37,7 @@ class RegressionTask:
     """A single-output head trained with mean squared error; MSE, RMSE, MAE, Pearson and Spearman at evaluation."""
 
     name = "regression"
+    peft_task_type = "SEQ_CLS"  # which PeftModel wrapper (and so which head) an adapter gets
     default_metric = "mse"
     greater_is_better = False
 

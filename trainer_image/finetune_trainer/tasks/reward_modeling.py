@@ -26,6 +26,7 @@ class RewardModelingTask(PreferenceTask):
     """Preference pairs in, a reward model out: the data side is the preference task's, the model a scorer."""
 
     name = "reward-modeling"
+    peft_task_type = "SEQ_CLS"  # a scalar score head on the causal LM
     default_metric = "accuracy"
     greater_is_better = True
 

@@ -16,8 +16,10 @@ from finetune_trainer.tasks.base import (
     LabelIndex,
     RunContext,
     column_roles_for,
+    load_labelled_model,
     pad_multiple,
-    pretrained_kwargs,
+    preprocessed_splits,
+    task_trainer,
     training_arguments,
 )
 
@@ -73,6 +75,7 @@ class SequenceClassificationTask:
     """AutoModelForSequenceClassification with dynamic padding; accuracy/F1 (single) or micro/macro F1 (multi)."""
 
     name = "sequence-classification"
+    peft_task_type = "SEQ_CLS"  # which PeftModel wrapper (and so which head) an adapter gets
     default_metric = "accuracy"
     greater_is_better = True
 
@@ -110,19 +113,10 @@ class SequenceClassificationTask:
         """The model with a classification head of len(task.labels) outputs, labelled by name."""
         from transformers import AutoModelForSequenceClassification
 
-        labels = spec.task.labels
-        model: PreTrainedModel = AutoModelForSequenceClassification.from_pretrained(
-            model_path,
-            num_labels=len(labels),
-            id2label=dict(enumerate(labels)),
-            label2id={name: i for i, name in enumerate(labels)},
-            problem_type="multi_label_classification" if spec.task.multi_label else "single_label_classification",
-            # A checkpoint fine-tuned on other labels has a head of another size: replace it.
-            ignore_mismatched_sizes=True,
-            **pretrained_kwargs(spec, model_path),
-            **load_kwargs,
+        problem = "multi_label_classification" if spec.task.multi_label else "single_label_classification"
+        return load_labelled_model(
+            AutoModelForSequenceClassification, spec, model_path, load_kwargs, problem_type=problem
         )
-        return model
 
     def preprocess(self, spec: FineTuneJobSpec, dataset: Dataset, tokenizer: PreTrainedTokenizerBase) -> Dataset:
         """Tokenised inputs (truncated to maxSeqLength, not padded) and ``labels``; the raw columns dropped."""
@@ -138,7 +132,7 @@ class SequenceClassificationTask:
 
 def text_trainer(ctx: RunContext, model: Any, preprocess: Any, compute_metrics: Any, loss: Any) -> Trainer:
     """A Trainer for one prediction per text (or text pair): padded batches, the given metrics and loss."""
-    from transformers import DataCollatorWithPadding, Trainer
+    from transformers import DataCollatorWithPadding
 
     args = training_arguments(ctx, label_names=["labels"])
     tokenizer = ctx.tokenizer
@@ -146,19 +140,16 @@ def text_trainer(ctx: RunContext, model: Any, preprocess: Any, compute_metrics: 
     if getattr(config, "pad_token_id", None) is None and tokenizer.pad_token_id is not None:
         # Decoder models classify from the last non-pad token and need to know which id is padding.
         config.pad_token_id = tokenizer.pad_token_id
-    with args.main_process_first(desc="tokenising"):
-        train = preprocess(ctx.spec, ctx.datasets["train"], tokenizer)
-        evaluation = preprocess(ctx.spec, ctx.datasets["eval"], tokenizer) if "eval" in ctx.datasets else None
-    return Trainer(
-        model=model,
-        args=args,
-        data_collator=DataCollatorWithPadding(tokenizer, pad_to_multiple_of=pad_multiple(ctx)),
-        train_dataset=train,
-        eval_dataset=evaluation,
-        processing_class=tokenizer,
+    train, evaluation = preprocessed_splits(ctx, args, lambda split: preprocess(ctx.spec, split, tokenizer))
+    return task_trainer(
+        ctx,
+        model,
+        args,
+        train=train,
+        evaluation=evaluation,
+        collator=DataCollatorWithPadding(tokenizer, pad_to_multiple_of=pad_multiple(ctx)),
         compute_metrics=compute_metrics,
         compute_loss_func=loss,
-        callbacks=ctx.callbacks,
     )
 
 

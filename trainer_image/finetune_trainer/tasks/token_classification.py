@@ -21,8 +21,10 @@ from finetune_trainer.tasks.base import (
     RunContext,
     column_roles_for,
     flattening_collator,
+    load_labelled_model,
     pad_multiple,
-    pretrained_kwargs,
+    preprocessed_splits,
+    task_trainer,
     training_arguments,
 )
 
@@ -49,16 +51,41 @@ def align_tags(word_ids: list[int | None], tag_ids: list[int]) -> list[int]:
     return labels
 
 
+def prefix_space_for_split_words(tokenizer: PreTrainedTokenizerBase) -> None:
+    """Make a byte-level BPE tokenizer (RoBERTa, GPT-2, Llama 3) add a prefix space to every pre-split word.
+
+    Byte-level BPE encodes a word differently at the start of a text than after a space; pre-split
+    words must all get the in-sentence form. ``from_pretrained(add_prefix_space=True)`` reaches the
+    pre-tokenizer only for the RoBERTa/GPT-2 classes, so the backend's pre-tokenizer is set here
+    (pinned by tests/trainer/test_library_contracts.py).
+    """
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    pre_tokenizer = getattr(backend, "pre_tokenizer", None)
+    if (
+        backend is not None
+        and pre_tokenizer is not None
+        and type(pre_tokenizer).__name__ == "ByteLevel"
+        and not getattr(pre_tokenizer, "add_prefix_space", True)
+    ):
+        pre_tokenizer.add_prefix_space = True
+        backend.pre_tokenizer = pre_tokenizer
+
+
 class TokenClassificationTask:
     """AutoModelForTokenClassification with DataCollatorForTokenClassification; seqeval metrics."""
 
     name = "token-classification"
+    peft_task_type = "TOKEN_CLS"  # which PeftModel wrapper (and so which head) an adapter gets
     default_metric = "f1"
     greater_is_better = True
 
     def column_roles(self, spec: FineTuneJobSpec) -> dict[str, str]:
         """tokens and tags columns (task.columns over the defaults)."""
         return column_roles_for(spec)
+
+    def adjust_tokenizer(self, tokenizer: PreTrainedTokenizerBase) -> None:
+        """Pre-split words all get the in-sentence encoding (see :func:`prefix_space_for_split_words`)."""
+        prefix_space_for_split_words(tokenizer)
 
     def check_dataset(self, spec: FineTuneJobSpec, datasets: DatasetDict) -> None:
         """Columns present, tokens are lists of words, one known tag per word."""
@@ -97,17 +124,7 @@ class TokenClassificationTask:
         """The model with a per-token classifier over task.labels."""
         from transformers import AutoModelForTokenClassification
 
-        labels = spec.task.labels
-        model: PreTrainedModel = AutoModelForTokenClassification.from_pretrained(
-            model_path,
-            num_labels=len(labels),
-            id2label=dict(enumerate(labels)),
-            label2id={name: i for i, name in enumerate(labels)},
-            ignore_mismatched_sizes=True,
-            **pretrained_kwargs(spec, model_path),
-            **load_kwargs,
-        )
-        return model
+        return load_labelled_model(AutoModelForTokenClassification, spec, model_path, load_kwargs)
 
     def preprocess(self, spec: FineTuneJobSpec, dataset: Dataset, tokenizer: PreTrainedTokenizerBase) -> Dataset:
         """Sub-word inputs (truncated, unpadded) with word tags aligned to first sub-tokens."""
@@ -128,30 +145,27 @@ class TokenClassificationTask:
 
     def build_trainer(self, ctx: RunContext, model: Any) -> Trainer:
         """A Trainer whose collator pads inputs and labels (with -100) per batch, or flattens it (paddingFree)."""
-        from transformers import DataCollatorForTokenClassification, Trainer
+        from transformers import DataCollatorForTokenClassification
 
         args = training_arguments(ctx, label_names=["labels"])
-        with args.main_process_first(desc="tokenising"):
-            train = self.preprocess(ctx.spec, ctx.datasets["train"], ctx.tokenizer)
-            evaluation = (
-                self.preprocess(ctx.spec, ctx.datasets["eval"], ctx.tokenizer) if "eval" in ctx.datasets else None
-            )
+        train, evaluation = preprocessed_splits(
+            ctx, args, lambda split: self.preprocess(ctx.spec, split, ctx.tokenizer)
+        )
         collator: Any = (
             flattening_collator(model)
             if ctx.spec.training.padding_free
             else DataCollatorForTokenClassification(ctx.tokenizer, pad_to_multiple_of=pad_multiple(ctx))
         )
-        return Trainer(
-            model=model,
-            args=args,
-            data_collator=collator,
-            train_dataset=train,
-            eval_dataset=evaluation,
-            processing_class=ctx.tokenizer,
+        return task_trainer(
+            ctx,
+            model,
+            args,
+            train=train,
+            evaluation=evaluation,
+            collator=collator,
             compute_metrics=metrics_function(ctx.spec.task.labels),
             # The loss normalised by the Trainer's token count: the same under any number of processes.
             compute_loss_func=cross_entropy_loss,
-            callbacks=ctx.callbacks,
         )
 
 
