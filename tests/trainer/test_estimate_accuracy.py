@@ -116,11 +116,10 @@ def _llama_spec(model_dir: Path, method: dict[str, Any], optimizer: str = "adamw
 def _prepared(spec: Any, model_dir: Path) -> Any:
     from finetune_trainer.methods import get_method
     from finetune_trainer.tasks import get_task
-    from finetune_trainer.tasks.base import PEFT_TASK_TYPES
 
     method = get_method(spec.method.type)
     model = get_task(spec.task.type).load_model(spec, str(model_dir), method.load_kwargs(spec))
-    return method.prepare(spec, model, PEFT_TASK_TYPES[spec.task.type])
+    return method.prepare(spec, model, get_task(spec.task.type).peft_task_type)
 
 
 def _one_step(model: Any, spec: Any, inputs: dict[str, Any]) -> tuple[int, int]:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from finetune_api.validation import load_spec_file
 from finetune_trainer import engine
-from finetune_trainer.arguments import WorldInfo
+from finetune_trainer.world import WorldInfo
 
 
 def main(argv: list[str]) -> int:

@@ -28,9 +28,10 @@ KNOWN_EXCEPTIONS = {
     # Cross-field rules: each is written once as CEL for the CRD and once in Python, and names the
     # task or method whose option it scopes (e.g. "task.format applies to causal-lm only").
     "api/finetune_api/rules.py",
-    # The GPU-memory model counts each method's states and activations its own way (torch-free, so it
-    # cannot ask the trainer's method units).
+    # The GPU-memory model counts each method's states, each task's head and activations its own way
+    # (torch-free, so it cannot ask the trainer's units).
     "api/finetune_api/estimate.py",
+    "api/finetune_api/model_shapes.py",
     "api/finetune_api/activations.py",
     "api/finetune_api/sizing.py",
 }
