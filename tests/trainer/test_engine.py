@@ -81,6 +81,10 @@ def test_resolved_spec_fills_the_defaults_the_run_chose(
         "dropout": 0.05,
         "targetModules": ["query", "value"],
         "bias": "none",
+        "useDora": False,
+        "useRslora": False,
+        "initLoraWeights": "default",
+        "modulesToSave": [],
     }
     assert resolved["training"]["warmupRatio"] == 0.0
     assert parse_spec(resolved).method.lora is not None
