@@ -16,8 +16,9 @@ import yaml
 from finetune_api.spec import TrainingSpec
 from finetune_api.validation import parse_spec
 from finetune_trainer import kernels
-from finetune_trainer.arguments import DeviceCapability, WorldInfo, resolve_optimizer, training_kwargs
+from finetune_trainer.arguments import DeviceCapability, resolve_optimizer, training_kwargs
 from finetune_trainer.errors import ConfigError
+from finetune_trainer.world import WorldInfo
 from tests.trainer import tiny, tiny_causal
 
 CPU = DeviceCapability(kind="cpu")
