@@ -8,7 +8,6 @@ from typing import Any
 import pytest
 
 from tests.fuzz.oracle import TALLY
-from tests.trainer.conftest import tiny_bert  # noqa: F401  (the trainer tests' tiny BERT, built once per session)
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
@@ -24,7 +23,7 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
 
 
 @pytest.fixture(scope="session")
-def valid_specs(tiny_bert: Path, tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:  # noqa: F811
+def valid_specs(tiny_bert: Path, tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
     """Valid one-step specs of each encoder task on the tiny BERT, with their data files: the fuzz seeds."""
     from tests.fuzz.data_cases import TASKS, DataCase, encode, rows_for
     from tests.fuzz.oracle import Expect
