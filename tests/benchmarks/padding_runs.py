@@ -169,7 +169,8 @@ def plain_classification(data: Path, steps: int, batch_size: int, out: Path, tim
         set_seed,
     )
 
-    from finetune_trainer.arguments import DeviceCapability, WorldInfo, training_kwargs
+    from finetune_trainer.arguments import DeviceCapability, training_kwargs
+    from finetune_trainer.world import WorldInfo
     from tests.trainer.sentiment import LABELS
 
     spec = classification_spec(data, steps, batch_size)

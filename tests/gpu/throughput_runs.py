@@ -92,7 +92,8 @@ def missing_packages(name: str) -> list[str]:
 def check_wiring(name: str, spec_dict: dict[str, Any]) -> str:
     """For a GPU-only run in --dry-run: the spec validates and its TrainingArguments carry the option."""
     from finetune_api.validation import parse_spec
-    from finetune_trainer.arguments import DeviceCapability, WorldInfo, training_kwargs
+    from finetune_trainer.arguments import DeviceCapability, training_kwargs
+    from finetune_trainer.world import WorldInfo
 
     spec = parse_spec(spec_dict)
     gpu = DeviceCapability(kind="gpu", bf16=True)
