@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from finetune_api.validation import parse_spec
+from finetune_trainer.errors import ConfigError
 from tests.trainer import tiny, tiny_causal
 
 PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -227,3 +228,41 @@ def test_qlora_trains_on_cpu_through_evaluations_and_checkpointing(tiny_llama: P
     assert all(b < a for a, b in itertools.pairwise(evals)), evals
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert metrics["trainable_parameters"] < 0.05 * metrics["total_parameters"]
+
+
+def loftq_spec(tiny_llama: Path) -> Any:
+    return parse_spec(
+        tiny_causal.causal_spec(
+            tiny_llama,
+            {"type": "causal-lm", "format": "text"},
+            {"train": "/data/train.jsonl"},
+            {"type": "qlora", "lora": {"r": 8, "alpha": 8, "initLoraWeights": "loftq"}},
+        )
+    )
+
+
+def test_loftq_without_a_gpu_is_refused_naming_the_field(tiny_llama: Path) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    with pytest.raises(ConfigError, match="initLoraWeights: peft computes the LoftQ initialisation on a CUDA GPU"):
+        prepared(loftq_spec(tiny_llama), tiny_llama)
+
+
+def test_loftq_starts_the_adapter_at_the_quantisation_error(tiny_llama: Path) -> None:
+    import bitsandbytes as bnb
+    import torch
+    from safetensors.torch import load_file
+
+    if not torch.cuda.is_available():
+        pytest.skip("peft computes LoftQ on CUDA only")
+    model = prepared(loftq_spec(tiny_llama), tiny_llama)
+    original = load_file(str(tiny_llama / "model.safetensors"))
+    layer = model.get_base_model().model.layers[0].self_attn.q_proj
+    full = original["model.layers.0.self_attn.q_proj.weight"].float()
+    quantised = bnb.functional.dequantize_4bit(layer.weight.data, layer.weight.quant_state).float()
+    adapter = layer.scaling["default"] * layer.lora_B["default"].weight @ layer.lora_A["default"].weight
+    # Plain LoRA starts at B = 0 (base alone); LoftQ's start makes base + adapter closer to the 16-bit weights.
+    assert torch.count_nonzero(layer.lora_B["default"].weight) > 0
+    assert torch.linalg.norm(full - quantised - adapter) < 0.9 * torch.linalg.norm(full - quantised)

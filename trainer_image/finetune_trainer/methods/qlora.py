@@ -144,8 +144,14 @@ def loftq_init(peft_model: Any) -> None:
     peft reads the full-precision weights from the model's safetensors file: the model directory it was
     loaded from, or the local hub cache for a hub id.
     """
+    import torch
     from peft import replace_lora_weights_loftq
 
+    if not torch.cuda.is_available():
+        raise ConfigError(
+            "method.lora.initLoraWeights: peft computes the LoftQ initialisation on a CUDA GPU and this process "
+            "has none; run on a GPU node, or use initLoraWeights default or olora"
+        )
     source = getattr(peft_model.get_base_model(), "name_or_path", None)
     local = source if source and Path(source).is_dir() else None
     try:
