@@ -192,8 +192,9 @@ def test_training_loss_falls(trained: Trained) -> None:
 
 
 # Metric, and the value the final evaluation must beat, per task the suite checks against chance (0 for
-# Pearson, 0.5 for two balanced labels); 36 steps move the tiny model clearly past it, not to a good score.
-BEATS_CHANCE = {"regression": ("eval_pearson", 0.3), "sequence-classification": ("eval_accuracy", 0.6)}
+# Pearson); 36 steps move the tiny model clearly past it, not to a good score. The classification tasks'
+# learning is pinned by test_minilm_learns.py on a real model.
+BEATS_CHANCE = {"regression": ("eval_pearson", 0.3)}
 
 
 @pytest.mark.slow
