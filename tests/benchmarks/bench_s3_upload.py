@@ -49,7 +49,8 @@ BUCKET = "bench-s3-upload"
 STORAGE_UPLOAD = """
 import sys
 from pathlib import Path
-from finetune_trainer.storage import S3Settings, S3Storage, S3Uri
+from finetune_trainer.s3_types import S3Settings, S3Uri
+from finetune_trainer.storage import S3Storage
 directory, bucket, prefix, chunk_mb, concurrency = sys.argv[1:6]
 storage = S3Storage(S3Settings.resolve(None))
 if int(chunk_mb):

@@ -15,7 +15,8 @@ import pytest
 from finetune_api.spec import S3Location
 from finetune_trainer.checkpoint_store import S3CheckpointStore
 from finetune_trainer.job_location import JobLocation
-from finetune_trainer.storage import MB, S3Storage, S3Uri
+from finetune_trainer.s3_types import S3Uri
+from finetune_trainer.storage import MB, S3Storage
 from tests.cluster.fixture import MinIO
 from tests.storage.own_minio import OwnMinIO
 

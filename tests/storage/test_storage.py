@@ -11,20 +11,16 @@ from pathlib import Path
 import pytest
 
 from finetune_api.spec import S3Location
-from finetune_trainer.storage import (
-    MB,
-    FileEntry,
+from finetune_trainer.s3_cache import fetch_directory, fetch_file
+from finetune_trainer.s3_errors import (
     S3BucketMissingError,
     S3CredentialsError,
     S3EndpointError,
     S3NotFoundError,
-    S3Storage,
-    S3Uri,
     StorageError,
-    fetch_directory,
-    fetch_file,
-    relative_files,
 )
+from finetune_trainer.s3_types import FileEntry, S3Uri, relative_files
+from finetune_trainer.storage import MB, S3Storage
 from tests.cluster.fixture import MinIO
 
 pytestmark = pytest.mark.cluster

@@ -22,7 +22,8 @@ from finetune_trainer.errors import ConfigError
 from finetune_trainer.fingerprint import fingerprint, fingerprint_fields
 from finetune_trainer.job_location import JobLocation
 from finetune_trainer.s3_output import FinalUploadError
-from finetune_trainer.storage import S3Storage, S3Uri, relative_files
+from finetune_trainer.s3_types import S3Uri, relative_files
+from finetune_trainer.storage import S3Storage
 from tests.cluster.fixture import Kube, MinIO
 from tests.integration.operator_process import install_crds
 from tests.storage.own_minio import OwnMinIO

@@ -24,15 +24,9 @@ from finetune_trainer.errors import (
     retry_transient,
 )
 from finetune_trainer.launch import exit_code_for
-from finetune_trainer.storage import (
-    S3CredentialsError,
-    S3EndpointError,
-    S3Settings,
-    S3Storage,
-    S3UnavailableError,
-    S3Uri,
-    StorageError,
-)
+from finetune_trainer.s3_errors import S3CredentialsError, S3EndpointError, S3UnavailableError, StorageError
+from finetune_trainer.s3_types import S3Settings, S3Uri
+from finetune_trainer.storage import S3Storage
 
 
 def closed_port() -> int:

@@ -8,8 +8,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 TRAINER = ROOT / "trainer_image" / "finetune_trainer"
 MAX_LINES = 440  # "about 400"
-# Modules still over the limit, each named here so that no new one grows past it unnoticed.
-OVERSIZED = {"storage.py"}
+# Modules allowed over the limit, each named here so that no new one grows past it unnoticed.
+OVERSIZED: set[str] = set()
 
 
 def _path_of_one_job() -> list[str]:

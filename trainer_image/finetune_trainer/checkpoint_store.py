@@ -23,7 +23,8 @@ from finetune_api.contract import (
 from finetune_api.status import now
 from finetune_trainer.fingerprint import fingerprint
 from finetune_trainer.job_location import JobLocation, step_of
-from finetune_trainer.storage import FileEntry, S3Storage, S3Uri
+from finetune_trainer.s3_types import FileEntry, S3Uri
+from finetune_trainer.storage import S3Storage
 
 log = logging.getLogger(__name__)
 

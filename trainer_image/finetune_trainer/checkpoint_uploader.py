@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from finetune_trainer.storage import relative_files
+from finetune_trainer.s3_types import relative_files
 
 log = logging.getLogger(__name__)
 

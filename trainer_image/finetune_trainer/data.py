@@ -58,7 +58,7 @@ def resolve_location(uri: str, *, field: str = "dataset.files", s3: S3Location |
     the environment's (AWS_ENDPOINT_URL_S3, AWS_ACCESS_KEY_ID, ...).
     """
     if uri.startswith("s3://"):
-        from finetune_trainer.storage import fetch_file
+        from finetune_trainer.s3_cache import fetch_file
 
         return fetch_file(uri, field=field, location=s3)
     return Path(uri).expanduser()

@@ -103,7 +103,7 @@ def resolve_model_location(source: ModelSource, s3: S3Location | None = None) ->
     of ``s3``, spec.output.s3, else the environment's).
     """
     if source.uri is not None:
-        from finetune_trainer.storage import fetch_directory
+        from finetune_trainer.s3_cache import fetch_directory
 
         return str(fetch_directory(source.uri, field="model.uri", location=s3))
     if source.path is not None:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from finetune_trainer.errors import ConfigError
 from finetune_trainer.methods import get_method
-from finetune_trainer.storage import S3Uri
+from finetune_trainer.s3_types import S3Uri
 
 if TYPE_CHECKING:
     from finetune_api.spec import FineTuneJobSpec

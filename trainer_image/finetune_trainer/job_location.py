@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 from finetune_api.contract import ENV_JOB_NAME, ENV_JOB_NAMESPACE
 from finetune_api.spec import wire
-from finetune_trainer.storage import S3Uri
+from finetune_trainer.s3_types import S3Uri
 
 if TYPE_CHECKING:
     from finetune_api.spec import FineTuneJobSpec

@@ -25,7 +25,9 @@ def read_model_config(spec: FineTuneJobSpec) -> dict[str, Any]:
             raise ConfigError(f"model.path: {path} does not exist; give the directory of a saved model")
         return _parse(path.read_text(), "model.path", str(path))
     if source.uri is not None:
-        from finetune_trainer.storage import S3Storage, S3Uri, input_context
+        from finetune_trainer.s3_errors import input_context
+        from finetune_trainer.s3_types import S3Uri
+        from finetune_trainer.storage import S3Storage
 
         uri = S3Uri.parse(source.uri, "model.uri").as_prefix().join("config.json")
         data = S3Storage.for_location(spec.output.s3, input_context("model.uri")).read_json(uri)

@@ -72,7 +72,9 @@ from finetune_trainer.checkpoint_uploader import CheckpointUploader, PendingChec
 from finetune_trainer.errors import EXIT_RETRYABLE, ConfigError
 from finetune_trainer.fingerprint import check_compatible, fingerprint, fingerprint_fields
 from finetune_trainer.job_location import JobLocation, checkpoint_name, step_of
-from finetune_trainer.storage import S3Storage, S3Uri, StorageError, env_number, relative_files
+from finetune_trainer.s3_errors import StorageError
+from finetune_trainer.s3_types import S3Uri, env_number, relative_files
+from finetune_trainer.storage import S3Storage
 from finetune_trainer.world import WorldInfo, barrier
 
 if TYPE_CHECKING:
