@@ -10,15 +10,15 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from kubernetes import client, config
+from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from finetune_api.contract import API_GROUP, API_VERSION, PLURAL
+from finetune_api.kube_client import load_kube_config
 
 MERGE_PATCH = "application/merge-patch+json"
 # Enough connections for the handler threads plus the parallel creates, so that none is
@@ -31,11 +31,7 @@ _parallel = ThreadPoolExecutor(max_workers=16, thread_name_prefix="kube")
 def api_client() -> client.ApiClient:
     """An API client from the in-cluster service account, or from KUBECONFIG outside a cluster."""
     cfg = client.Configuration()
-    try:
-        config.load_incluster_config(client_configuration=cfg)
-    except config.ConfigException:
-        # Name the file: the client reads KUBECONFIG only once, when it is first imported.
-        config.load_kube_config(config_file=os.environ.get("KUBECONFIG"), client_configuration=cfg)
+    load_kube_config(cfg)
     cfg.connection_pool_maxsize = POOL_SIZE
     return client.ApiClient(cfg)
 

@@ -149,3 +149,23 @@ def test_the_api_package_imports_without_the_trainer_libraries() -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
+
+
+def test_both_sides_load_the_kube_config_kubeconfig_names(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Outside a pod, finetune_api.kube_client reads the file KUBECONFIG names (operator and trainer alike)."""
+    from kubernetes import client
+
+    from finetune_api.kube_client import load_kube_config
+
+    kubeconfig = tmp_path / "config"
+    kubeconfig.write_text(
+        "apiVersion: v1\nkind: Config\ncurrent-context: c\n"
+        "clusters: [{name: k, cluster: {server: 'https://127.0.0.1:6443'}}]\n"
+        "users: [{name: u, user: {token: t}}]\n"
+        "contexts: [{name: c, context: {cluster: k, user: u}}]\n"
+    )
+    monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    cfg = client.Configuration()
+    load_kube_config(cfg)
+    assert cfg.host == "https://127.0.0.1:6443"
