@@ -94,11 +94,12 @@ class Breakdown:
     optimizer_states: int
     activations: int
     overhead: int
+    apart: int = 0  # bytes of the above never alive together (see step_overlap)
 
     @property
     def total(self) -> int:
-        """Everything together."""
-        return self.weights + self.gradients + self.optimizer_states + self.activations + self.overhead
+        """The peak: everything together, less what is never alive at the same time."""
+        return self.weights + self.gradients + self.optimizer_states + self.activations + self.overhead - self.apart
 
 
 @dataclass(frozen=True)
@@ -287,20 +288,35 @@ def estimate_memory(spec: FineTuneJobSpec, config: Mapping[str, Any]) -> Estimat
             keep = 0 if fsdp and fsdp.offload_params else weights // shard
             weights = keep + (2 * largest if sharding != "shard_grad_op" else weights - weights // shard)
     activations = activation_bytes(spec, shape, precision)
-    overhead = overhead_bytes(spec, step_bytes)
+    step = overhead_bytes(spec, step_bytes)
+    overhead = step
     if strategy == "ddp":
         overhead += sum(t.nbytes for t in trainable)  # DDP's gradient buckets: a second copy of the gradients
-    runtime = runtime_bytes(weights + grads + optim + activations + overhead)
+    apart = step_overlap(spec, grads, activations, step)
+    runtime = runtime_bytes(weights + grads + optim + activations + overhead - apart)
     return Estimate(
         trainable=sum(t.numel for t in trainable),
         total=sum(t.numel for t in tensors),
-        per_gpu=Breakdown(weights, grads, optim, activations, overhead + runtime),
+        per_gpu=Breakdown(weights, grads, optim, activations, overhead + runtime, apart),
         strategy=strategy_label(spec),
         world_size=n,
         precision=precision,
         model_states=states,
         runtime=runtime,
     )
+
+
+def step_overlap(spec: FineTuneJobSpec, grads: int, activations: int, step: int) -> int:
+    """Bytes the sum of the breakdown counts twice: a training step peaks either in the backward pass
+    (activations, and only the gradients already there) or in the optimizer step (all gradients and the step's
+    temporaries, the activations freed), never both. The trainer frees the gradients after each step, so the
+    backward holds none at its peak (the loss, before any layer's gradient) unless gradients accumulate over
+    micro-batches, or DeepSpeed allocates its whole gradient partition at the first bucket it reduces (early
+    in the backward, while most activations are still alive)."""
+    strategy = resolve_strategy(spec)
+    held = grads if spec.training.gradient_accumulation_steps > 1 or strategy in ("deepspeed", "fsdp") else 0
+    peak = max(activations + held, grads + step)
+    return grads + activations + step - peak
 
 
 def parse_memory(text: str) -> int:
@@ -315,6 +331,6 @@ def parse_memory(text: str) -> int:
 
 def gib(nbytes: int) -> str:
     """Bytes as GiB with one decimal, e.g. ``71.2 GiB`` (MiB below one GiB, e.g. ``12.4 MiB``)."""
-    if nbytes < GIB:
+    if abs(nbytes) < GIB:
         return f"{nbytes / 2**20:.1f} MiB"
     return f"{nbytes / GIB:.1f} GiB"

@@ -254,6 +254,7 @@ def estimate_table(report: FitReport) -> str:
         ("optimizer states", e.per_gpu.optimizer_states),
         ("activations", e.per_gpu.activations),
         ("overhead", e.per_gpu.overhead),
+        ("never together", -e.per_gpu.apart),  # gradients + step buffers vs the backward's activations
         ("total per GPU", e.per_gpu.total),
         ("GPU memory", report.gpu_memory),
     ]
