@@ -215,3 +215,19 @@ def test_qa_max_seq_length_too_short_for_a_question_names_the_example_and_the_se
     message = str(err.value)
     assert "row 1 (id 'q0-1')" in message
     assert "set training.maxSeqLength to at least" in message
+
+
+def test_preference_refuses_a_test_split_before_loading_anything(tmp_path: Path) -> None:
+    """The preference unit says why a test split cannot be scored; reward modeling takes one."""
+    rows = tmp_path / "pairs.jsonl"
+    rows.write_text('{"prompt": "p", "chosen": "a", "rejected": "b"}\n')
+    spec = {
+        "model": {"path": str(tmp_path)},
+        "task": {"type": "preference"},
+        "dataset": {"files": {"train": str(rows), "validation": str(rows), "test": str(rows)}},
+        "method": {"type": "lora"},
+    }
+    with pytest.raises(ConfigError, match=r"dataset\.files\.test: a test split is not evaluated for task preference"):
+        load_datasets(parse_spec(spec))
+    spec["task"] = {"type": "reward-modeling"}
+    assert "test" in load_datasets(parse_spec(spec))

@@ -34,8 +34,6 @@ KNOWN_EXCEPTIONS = {
     "api/finetune_api/model_shapes.py",
     "api/finetune_api/activations.py",
     "api/finetune_api/sizing.py",
-    # The test split's refusal for preference (landed last): to move into the preference unit.
-    "trainer_image/finetune_trainer/data.py",
 }
 
 

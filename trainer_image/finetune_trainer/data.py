@@ -142,16 +142,16 @@ def load_datasets(spec: FineTuneJobSpec) -> DatasetDict:
 
 
 def _load_test_split(spec: FineTuneJobSpec) -> Dataset | None:
-    """The test split, or None. preference refuses one (its metrics need the starting policy as reference)."""
+    """The test split, or None; a task unit with a ``test_split_refusal`` refuses one (preference: DPO)."""
     ds = spec.dataset
     name = test_source_name(ds)
     if name is None:
         return None
-    if spec.task.type == "preference":
-        raise ConfigError(
-            "dataset.files.test: a test split is not evaluated for task preference (DPO's metrics need the starting "
-            "policy, gone once training ends); name it in dataset.evalSplit or remove it"
-        )
+    from finetune_trainer.tasks import get_task
+
+    refusal = getattr(get_task(spec.task.type), "test_split_refusal", None)  # a task that cannot score one says why
+    if refusal:
+        raise ConfigError(f"dataset.files.test: {refusal}")
     if ds.files is not None:
         assert ds.files.test is not None
         return _load_file(ds.files.test, "dataset.files.test", spec.output.s3)

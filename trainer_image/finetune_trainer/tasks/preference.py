@@ -61,6 +61,10 @@ class PreferenceTask:
 
     name = "preference"
     peft_task_type = "CAUSAL_LM"  # which PeftModel wrapper (and so which head) an adapter gets
+    test_split_refusal: str | None = (
+        f"a test split is not evaluated for task {name} (DPO's metrics need the starting policy, gone once "
+        "training ends); name it in dataset.evalSplit or remove it"
+    )
     default_metric = "eval_loss"
     greater_is_better = False
 

@@ -27,6 +27,7 @@ class RewardModelingTask(PreferenceTask):
 
     name = "reward-modeling"
     peft_task_type = "SEQ_CLS"  # a scalar score head on the causal LM
+    test_split_refusal = None  # pair accuracy on a test split needs no reference model
     default_metric = "accuracy"
     greater_is_better = True
 
