@@ -41,7 +41,7 @@ import subprocess
 import sys
 import time
 import traceback
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -365,11 +365,35 @@ def launch(argv: list[str], log: Path, timeout: float) -> tuple[int, str]:
     return code, "\n".join(tail)
 
 
+def positive(text: str) -> int:
+    """argparse type: an integer of at least 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def chosen_size(args: argparse.Namespace) -> Size:
+    """The model and batch shape of this invocation: the default size with --seq-len / --batch applied."""
+    base = DRY_SIZE if args.dry_run else GPU_SIZE
+    return replace(base, seq_len=args.seq_len or base.seq_len, batch=args.batch or base.batch)
+
+
+def shape_args(args: argparse.Namespace) -> list[str]:
+    """The --seq-len / --batch flags to hand on to worker processes."""
+    flags = []
+    if args.seq_len:
+        flags += ["--seq-len", str(args.seq_len)]
+    if args.batch:
+        flags += ["--batch", str(args.batch)]
+    return flags
+
+
 def run_one(name: str, args: argparse.Namespace, work: Path) -> Outcome:
     """Launch one run in its own process (under torchrun for DeepSpeed) and collect its figures."""
     result_path = work / f"result-{name}.json"
     result_path.unlink(missing_ok=True)
-    script = [str(Path(__file__).resolve()), "--worker", name, "--workdir", str(work)]
+    script = [str(Path(__file__).resolve()), "--worker", name, "--workdir", str(work), *shape_args(args)]
     if args.dry_run:
         script.append("--dry-run")
     if name in OPTION_RUNS:
@@ -378,7 +402,7 @@ def run_one(name: str, args: argparse.Namespace, work: Path) -> Outcome:
             return Outcome(name, False, {}, f"skipped: {', '.join(missing)} not installed (see tests/gpu/README.md)")
         if args.dry_run and OPTION_RUNS[name].gpu_only:
             assets = json.loads((work / "assets.json").read_text())
-            return Outcome(name, False, {}, check_wiring(name, run_spec(name, assets, DRY_SIZE, True)))
+            return Outcome(name, False, {}, check_wiring(name, run_spec(name, assets, chosen_size(args), True)))
     if name in DEEPSPEED_RUNS:
         if args.dry_run:
             return Outcome(name, False, {}, "skipped in --dry-run: DeepSpeed needs CUDA (its CPU backend needs oneCCL)")
@@ -394,7 +418,7 @@ def run_one(name: str, args: argparse.Namespace, work: Path) -> Outcome:
 
         # The same launcher argv the operator gives a one-GPU pod, through this interpreter.
         assets = json.loads((work / "assets.json").read_text())
-        spec = parse_spec(run_spec(name, assets, GPU_SIZE, False))
+        spec = parse_spec(run_spec(name, assets, chosen_size(args), False))
         argv = torchrun_command(spec, script)
         argv = [sys.executable, "-m", "torch.distributed.run", *argv[1:]]
     else:
@@ -489,9 +513,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", default=None, help="scratch directory (default: a fresh one under /tmp)")
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds allowed per run (default 300)")
     parser.add_argument("--peak-tflops", type=float, default=None, help="override the GPU's dense bf16 peak")
+    parser.add_argument("--seq-len", type=positive, default=None, help="tokens per row (default 1024; dry run 64)")
+    parser.add_argument("--batch", type=positive, default=None, help="rows per step (default 4; dry run 2)")
     parser.add_argument("--worker", choices=[*RUNS, "assets"], help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    size = DRY_SIZE if args.dry_run else GPU_SIZE
+    size = chosen_size(args)
     sys.path[:0] = [str(REPO / "api"), str(REPO / "trainer_image")]  # the trainer need not be installed
 
     if args.worker:
@@ -525,7 +551,15 @@ def main(argv: list[str] | None = None) -> int:
         destination.parent.mkdir(parents=True, exist_ok=True)
         destination.write_text(json.dumps(summary, indent=2))
 
-    script = [sys.executable, str(Path(__file__).resolve()), "--worker", "assets", "--workdir", str(work)]
+    script = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--worker",
+        "assets",
+        "--workdir",
+        str(work),
+        *shape_args(args),
+    ]
     assets_file = work / "assets.json"
     if assets_file.is_file() and json.loads(assets_file.read_text()).get("size") == asdict(size):
         code = 0  # a model of this size is already in --workdir
