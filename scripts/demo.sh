@@ -6,8 +6,8 @@
 #   3. helm install the operator, stage the MiniLM model and the demo dataset in MinIO,
 #      kubectl apply examples/demo/finetunejob.yaml (2 pods x 1 process, LoRA sentiment),
 #      show its progress from the resource's status, and print where the model is.
-# A test node agent stands in for a kubelet: there is no container runtime here, so it
-# runs the operator's pod and the trainer pods as local processes (tests/e2e/node_agent.py).
+# The pods run as containers on a real node: scripts/images.sh builds both images with podman,
+# tests/cluster/node.sh runs a kubelet with containerd + runc, CNI and CoreDNS (first run: ~25 min).
 # The cluster keeps running afterwards (kubectl --kubeconfig .cache/cluster/run/admin.kubeconfig
 # get ftj -A); stop it with tests/cluster/down.sh.
 set -euo pipefail

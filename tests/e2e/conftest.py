@@ -16,10 +16,10 @@ __all__ = ["node_agent", "real_node"]
 
 @pytest.fixture(scope="session")
 def real_node(cluster_env: dict[str, str]) -> Iterator[RealNode]:
-    """The machine's real node joined to this session's cluster, the trainer image in its containerd.
+    """The machine's real node joined to this session's cluster, both images in its containerd.
 
     The session holds the machine's real-node lock; ``tests/cluster/down.sh`` stops the node with
     the cluster.
     """
     with hold_node_lock():
-        yield start_node({**os.environ, **cluster_env}, ["trainer"])
+        yield start_node({**os.environ, **cluster_env}, ["trainer", "operator"])

@@ -2,10 +2,10 @@
 
     python -m tests.e2e.demo            # what scripts/demo.sh runs after setup
 
-The local control plane (tests/cluster) provides Kubernetes and MinIO; the test node agent
-(tests/e2e/node_agent.py) stands in for a kubelet and runs the pods scheduled to it as local
-processes: the operator's Deployment pod and the trainer pods. The functions here are shared
-with tests/e2e/test_end_to_end.py, so the demo and the end-to-end test cannot drift apart.
+The local control plane (tests/cluster) provides Kubernetes and MinIO; the real node
+(tests/cluster/node.sh: kubelet, containerd + runc, CNI, CoreDNS) runs the operator's pod and
+the trainer pods as containers of the images scripts/images.sh builds. The functions here are
+shared with tests/e2e/test_end_to_end.py, so the demo and the end-to-end test cannot drift apart.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ import os
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -30,6 +29,8 @@ ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "finetune-operator"
 DEMO_JOB = ROOT / "examples" / "demo" / "finetunejob.yaml"
 DEMO_DATA = ROOT / "examples" / "demo" / "data"
+# CPU per trainer pod on the real node (this machine's 2 cores): 2 pods and operators fit.
+REAL_NODE_CPU = "800m"
 
 
 def free_port() -> int:
@@ -48,10 +49,18 @@ def packaged_model_dir() -> Path:
 
 
 def install_operator(
-    kube: Kube, scheduling: dict[str, Any], release_ns: str, watch_ns: str, release: str = "finetune"
+    kube: Kube,
+    scheduling: dict[str, Any],
+    release_ns: str,
+    watch_ns: str,
+    release: str = "finetune",
+    images: dict[str, dict[str, str]] | None = None,
 ) -> str:
-    """helm upgrade --install the chart, its pod pinned to the node agent; waits until it is available."""
-    values = {
+    """helm upgrade --install the chart, its pod pinned by ``scheduling``; waits until it is available.
+
+    ``images``: chart values of the operator and trainer images (``RealNode.image``), for a real node.
+    """
+    values: dict[str, Any] = {
         "watchNamespaces": [watch_ns],
         "operator": {"nodeSelector": scheduling["nodeSelector"], "tolerations": scheduling["tolerations"]},
         # The agent runs pods on this host's network: give the operator ports nobody else holds.
@@ -59,6 +68,9 @@ def install_operator(
         "health": {"port": free_port()},
         "s3": {"credentialsSecretName": "s3-creds"},
     }
+    if images:
+        values["operator"]["image"] = images["operator"]
+        values["trainer"] = {"image": images["trainer"]}
     kube.helm(
         "upgrade",
         "--install",
@@ -107,9 +119,19 @@ def create_s3_secret(kube: Kube, namespace: str, minio: MinIO) -> None:
 
 
 def demo_manifest(
-    name: str, inputs: dict[str, str], minio: MinIO, bucket: str, scheduling: dict[str, Any], **training: Any
+    name: str,
+    inputs: dict[str, str],
+    minio: MinIO,
+    bucket: str,
+    scheduling: dict[str, Any],
+    s3_endpoint: str | None = None,
+    cpu: str | None = None,
+    **training: Any,
 ) -> dict[str, Any]:
-    """The demo FineTuneJob, pointed at the staged inputs and MinIO, on 2 pods of the node agent."""
+    """The demo FineTuneJob, pointed at the staged inputs and MinIO, on 2 pods placed by ``scheduling``.
+
+    ``s3_endpoint``: MinIO as the pods reach it (default: as this host does); ``cpu``: per pod.
+    """
     doc = yaml.safe_load(DEMO_JOB.read_text())
     doc["metadata"] = {"name": name}
     spec = doc["spec"]
@@ -120,6 +142,7 @@ def demo_manifest(
         **spec["resources"],
         "nodes": 2,
         "gpusPerNode": 0,
+        **({"cpu": cpu} if cpu else {}),
         "nodeSelector": scheduling["nodeSelector"],
         "tolerations": scheduling["tolerations"],
     }
@@ -127,7 +150,7 @@ def demo_manifest(
         "s3": {
             "bucket": bucket,
             "prefix": "runs/",
-            "endpoint": minio.endpoint,
+            "endpoint": s3_endpoint or minio.endpoint,
             "region": minio.region,
             "pathStyle": True,
             "credentialsSecretRef": {"name": "s3-creds"},
@@ -177,7 +200,7 @@ def _print_status(status: dict[str, Any]) -> None:
 
 def main() -> int:
     from tests.cluster.fixture import read_env_file, run_dir
-    from tests.e2e.node_agent import NodeAgent
+    from tests.e2e.real_node import start_node
 
     up = subprocess.run([str(ROOT / "tests/cluster/up.sh")], stdin=subprocess.DEVNULL, check=False)
     if up.returncode != 0:
@@ -194,32 +217,33 @@ def main() -> int:
         gpu_nodes=int(env["FTJ_KWOK_GPU_NODES"]),
     )
     minio = MinIO(env["FTJ_S3_ENDPOINT"], env["FTJ_S3_ACCESS_KEY"], env["FTJ_S3_SECRET_KEY"], env["FTJ_S3_REGION"])
-    work = ROOT / "runs" / "demo-cluster"
-    agent = NodeAgent(kube.kubeconfig, work / "agent", f"local-agent-{uuid.uuid4().hex[:6]}").start()
+    print("==> building the images (scripts/images.sh) and starting the real node (tests/cluster/node.sh)", flush=True)
+    node = start_node({**os.environ, **env}, ["trainer", "operator"])
+    images = {which: node.image(which) for which in ("operator", "trainer")}
     ns, bucket, name = "demo", "finetune-demo", "demo-sentiment-lora"
-    try:
-        kube.kubectl("create", "namespace", ns, check=False)
-        print("==> helm install the operator (its pod runs on the local node agent)", flush=True)
-        install_operator(kube, agent.scheduling(), "finetune-system", ns)
-        print("==> staging the model and dataset in MinIO", flush=True)
-        inputs = stage_inputs(minio, bucket)
-        create_s3_secret(kube, ns, minio)
-        kube.kubectl("delete", "ftj", name, "-n", ns, "--ignore-not-found", "--wait=true")
-        print(f"==> kubectl apply FineTuneJob {name} (2 pods x 1 process, gloo)", flush=True)
-        kube.kubectl("apply", "-n", ns, "-f", "-", input=demo_manifest(name, inputs, minio, bucket, agent.scheduling()))
-        final = watch_job(kube, ns, name, timeout=1800, on_status=_print_status)
-        print(kube.kubectl("get", "ftj", name, "-n", ns).stdout)
-        status = final["status"]
-        print(json.dumps({"metrics": status.get("metrics"), "artifacts": status.get("artifacts")}, indent=2))
-        if status.get("phase") != "Succeeded":
-            print(f"demo: the job failed: {status.get('message')}", file=sys.stderr)
-            print(f"      pod logs: {agent.work_dir / 'logs'}", file=sys.stderr)
-            return 1
-        model = (status.get("artifacts") or {}).get("model")
-        print(f"==> done: the model is at {model} (MinIO {minio.endpoint}, bucket {bucket})")
-        return 0
-    finally:
-        agent.stop()
+    kube.kubectl("create", "namespace", ns, check=False)
+    print(f"==> helm install the operator (its pod runs on the real node {node.name})", flush=True)
+    install_operator(kube, node.scheduling(), "finetune-system", ns, images=images)
+    print("==> staging the model and dataset in MinIO", flush=True)
+    inputs = stage_inputs(minio, bucket)
+    create_s3_secret(kube, ns, minio)
+    kube.kubectl("delete", "ftj", name, "-n", ns, "--ignore-not-found", "--wait=true")
+    print(f"==> kubectl apply FineTuneJob {name} (2 pods x 1 process, gloo, as containers on {node.name})", flush=True)
+    job = demo_manifest(name, inputs, minio, bucket, node.scheduling(), s3_endpoint=node.s3_endpoint, cpu=REAL_NODE_CPU)
+    kube.kubectl("apply", "-n", ns, "-f", "-", input=job)
+    final = watch_job(kube, ns, name, timeout=1800, on_status=_print_status)
+    print(kube.kubectl("get", "ftj", name, "-n", ns).stdout)
+    print(kube.kubectl("get", "pods", "-n", ns, "-o", "wide").stdout)
+    status = final["status"]
+    print(json.dumps({"metrics": status.get("metrics"), "artifacts": status.get("artifacts")}, indent=2))
+    if status.get("phase") != "Succeeded":
+        print(f"demo: the job failed: {status.get('message')}", file=sys.stderr)
+        print(f"      pod logs: kubectl logs -n {ns} -l job-name --all-containers", file=sys.stderr)
+        return 1
+    model = (status.get("artifacts") or {}).get("model")
+    print(f"==> done: the model is at {model} (MinIO {minio.endpoint}, bucket {bucket})")
+    print(f"    the cluster and the operator keep running: kubectl --kubeconfig {kube.kubeconfig} get ftj -A")
+    return 0
 
 
 if __name__ == "__main__":

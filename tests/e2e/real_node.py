@@ -30,6 +30,15 @@ class RealNode:
     name: str
     s3_endpoint: str  # MinIO as the pods reach it
     images: dict[str, str]  # "trainer" / "operator" -> reference in the node's containerd
+    containerd: str  # the node's containerd socket
+
+    def kill_container(self, container_id: str) -> None:
+        """SIGKILL a container's processes through containerd, as a crash would end them."""
+        subprocess.run(
+            ["ctr", "--address", self.containerd, "--namespace", "k8s.io", "tasks", "kill", "--all",
+             "--signal", "SIGKILL", container_id],
+            check=True, capture_output=True, timeout=60,
+        )  # fmt: skip
 
     def scheduling(self) -> dict[str, Any]:
         """nodeSelector and tolerations that put a pod on this node."""
@@ -64,7 +73,7 @@ def start_node(env: dict[str, str], images: list[str]) -> RealNode:
     )
     if imported.returncode != 0:
         raise RuntimeError(f"tests/cluster/node.sh import failed:\n{imported.stderr[-5000:]}")
-    return RealNode(values["FTJ_NODE_NAME"], values["FTJ_NODE_S3_ENDPOINT"], refs)
+    return RealNode(values["FTJ_NODE_NAME"], values["FTJ_NODE_S3_ENDPOINT"], refs, values["FTJ_NODE_CONTAINERD"])
 
 
 @contextlib.contextmanager
