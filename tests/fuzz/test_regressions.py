@@ -117,7 +117,15 @@ def test_a_question_that_is_not_text_names_its_column(tmp_path: Path, tiny_bert:
     assert "row 2, column 'question': expected text, got {'body': 'where?'}" in message
 
 
-def test_a_hub_dataset_missing_offline_says_downloads_are_off(tmp_path: Path, tiny_bert: Path) -> None:
+def test_a_hub_dataset_missing_offline_says_downloads_are_off(
+    tmp_path: Path, tiny_bert: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import datasets
+    import huggingface_hub.constants
+
+    # The libraries read the variables once, at import: set offline mode where they keep it.
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     spec = one_step(tiny_bert, tmp_path / "unused.jsonl")
     spec["dataset"] = {"name": "no-such-dataset-in-the-cache"}
     message = refusal(tmp_path, spec)
