@@ -133,6 +133,9 @@ stop_node() {  # stop the node this machine runs, for whichever cluster it is
   old="$(cat "$marker" 2>/dev/null || true)"
   [[ -n "$old" && -d "$old/pids" ]] || { rm -f "$marker"; return 0; }
   log "stopping the node of $old"
+  # Its containers first, while containerd still answers (they would outlive their shims).
+  ctr --address "$old/containerd/containerd.sock" --namespace k8s.io tasks ls -q 2>/dev/null |
+    xargs -r -n1 ctr --address "$old/containerd/containerd.sock" --namespace k8s.io tasks kill --all --signal SIGKILL 2>/dev/null || true
   for name in kube-proxy kubelet coredns s3-relay api-relay containerd; do
     [[ -f "$old/pids/$name.pid" ]] || continue
     local pid
@@ -143,7 +146,9 @@ stop_node() {  # stop the node this machine runs, for whichever cluster it is
   done
   [[ -f "$old/iptables.undo" ]] && read -ra rule <"$old/iptables.undo" && { iptables "${rule[@]}" 2>/dev/null || true; }
   # The containers (shims) outlive containerd: stop them too, and what mounts they left.
-  pkill -TERM -f "containerd-shim-runc-v2 -namespace k8s.io -address $old/containerd/containerd.sock" 2>/dev/null || true
+  for pid in $(pgrep -f -- "containerd-shim-runc-v2 .*-address $old/containerd/containerd.sock" || true); do
+    kill -TERM "$pid" 2>/dev/null || true
+  done
   grep -o " $old/[^ ]*" /proc/mounts | sort -r | xargs -r -n1 umount -l 2>/dev/null || true
   rm -f "$marker"
 }
