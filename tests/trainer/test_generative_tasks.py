@@ -520,7 +520,7 @@ def test_text_column_must_hold_text() -> None:
     ids=["not-a-list", "unknown-role", "no-assistant", "non-text-content", "empty"],
 )
 def test_malformed_messages_are_refused(messages: Any, fragment: str) -> None:
-    with pytest.raises(DataError, match=r"row 0, column 'messages' \(messages role\)") as err:
+    with pytest.raises(DataError, match=r"row 0, column 'messages': \(messages role\)") as err:
         check("causal-lm", [{"messages": messages}], "chatml")
     assert fragment in str(err.value)
 
@@ -530,6 +530,43 @@ def test_the_first_malformed_conversation_is_named_by_row() -> None:
     bad = [{"role": "user", "content": "hi"}, {"role": "bot", "content": "hello"}]
     with pytest.raises(DataError, match=r"row 2, column 'messages'.*turn 1 has role 'bot'"):
         check("causal-lm", [{"messages": good}, {"messages": good}, {"messages": bad}], "messages")
+
+
+def test_every_malformed_conversation_is_reported_at_once() -> None:
+    good = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
+    no_answer = [{"role": "user", "content": "hi"}]
+    bot = [{"role": "user", "content": "hi"}, {"role": "bot", "content": "hello"}]
+    rows = [{"messages": no_answer}, {"messages": good}, {"messages": bot}, {"messages": no_answer}]
+    with pytest.raises(DataError) as err:
+        check("causal-lm", rows, "messages")
+    message = str(err.value)
+    assert message.startswith("2 problems in the data")
+    assert "rows 0, 3, column 'messages'" in message and "no assistant turn" in message
+    assert "row 2, column 'messages'" in message and "turn 1 has role 'bot'" in message
+
+
+def test_problems_of_every_split_and_role_are_reported_at_once() -> None:
+    from datasets import Dataset, DatasetDict
+
+    from finetune_trainer.tasks import get_task
+
+    spec = parse_spec(
+        tiny_causal.causal_spec(
+            Path("/models/x"), {"type": "preference"}, {"train": "/data/train.jsonl", "validation": "/data/eval.jsonl"}
+        )
+    )
+    splits = DatasetDict(
+        {
+            "train": Dataset.from_list([{"prompt": "p", "chosen": 1, "rejected": "r"}]),
+            "eval": Dataset.from_list([{"prompt": "p", "chosen": "c"}]),
+        }
+    )
+    with pytest.raises(DataError) as err:
+        get_task("preference").check_dataset(spec, splits)
+    message = str(err.value)
+    assert message.startswith("2 problems in the data")
+    assert "row 0, column 'chosen' (chosen role): expected text" in message  # train
+    assert "has no column 'rejected' for the rejected role" in message  # eval
 
 
 def test_messages_as_json_strings_are_accepted() -> None:

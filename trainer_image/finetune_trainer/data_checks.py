@@ -8,6 +8,8 @@ fields as an unreadable file; and a task's row checks report every problem at on
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from finetune_trainer.errors import DataError
@@ -42,6 +44,32 @@ class RowProblems:
         if len(lines) == 1:
             raise DataError(lines[0])
         raise DataError(f"{len(self.rows)} problems in the data:\n  - " + "\n  - ".join(lines))
+
+
+class CheckProblems:
+    """Independent checks that each raise DataError, run to the end and reported together in one DataError.
+
+    ``with problems.check(): ...`` around each check records its message instead of stopping; after the
+    last one, :meth:`raise_if_any` raises them all (one message alone unchanged).
+    """
+
+    def __init__(self) -> None:
+        self.messages: list[str] = []
+
+    @contextmanager
+    def check(self) -> Iterator[None]:
+        """Record the DataError the block raises, if any, and go on."""
+        try:
+            yield
+        except DataError as err:
+            self.messages.append(str(err))
+
+    def raise_if_any(self) -> None:
+        """Raise one DataError listing every recorded problem."""
+        if len(self.messages) == 1:
+            raise DataError(self.messages[0])
+        if self.messages:
+            raise DataError(f"{len(self.messages)} problems in the data:\n  - " + "\n  - ".join(self.messages))
 
 
 def has_no_columns(path: Path, builder: str) -> bool:

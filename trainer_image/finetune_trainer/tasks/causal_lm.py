@@ -128,18 +128,21 @@ def clean_messages(value: Any) -> list[dict[str, str]]:
 def check_chat_column(
     spec: FineTuneJobSpec, split: str, dataset: Dataset, column: str, role: str, *, need_assistant: bool = True
 ) -> None:
-    """Raise DataError naming the first malformed row of a chat-turns column."""
+    """Raise DataError naming every malformed row of a chat-turns column (each problem once, with its rows)."""
     from finetune_trainer.data import describe_split
+    from finetune_trainer.data_checks import RowProblems
 
+    rows = RowProblems()
+    fix = (
+        f"each row must hold a list of turns like [{{'role': 'user', 'content': '...'}}, {{'role': 'assistant', "
+        f"'content': '...'}}] with roles {', '.join(CHAT_ROLES)}; or set spec.task.columns.{role} to the column "
+        "that holds them"
+    )
     for index, value in enumerate(dataset[column]):
         problem = message_problem(value, need_assistant=need_assistant)
         if problem:
-            raise DataError(
-                f"{describe_split(spec, split)}, row {index}, column {column!r} ({role} role): {problem}. Each row "
-                f"must hold a list of turns like [{{'role': 'user', 'content': '...'}}, {{'role': 'assistant', "
-                f"'content': '...'}}] with roles {', '.join(CHAT_ROLES)}; or set spec.task.columns.{role} to the "
-                f"column that holds them."
-            )
+            rows.add(describe_split(spec, split), column, index, f"({role} role) {problem}; {fix}")
+    rows.raise_if_any()
 
 
 def require_string_column(spec: FineTuneJobSpec, split: str, dataset: Dataset, column: str, role: str) -> None:
@@ -208,21 +211,28 @@ class CausalLmTask:
     def check_dataset(self, spec: FineTuneJobSpec, datasets: DatasetDict) -> None:
         """Every split has the format's columns, holding text or well-formed chat turns."""
         from finetune_trainer.data import require_columns
+        from finetune_trainer.data_checks import CheckProblems
 
         fmt = text_format(spec)
         columns = format_columns(spec)
         # An alpaca input column the user named explicitly must exist; the default one may be absent.
         optional = OPTIONAL_ROLES - set(spec.task.columns)
+        problems = CheckProblems()  # every split and column checked, all problems reported at once
         for split, dataset in datasets.items():
             present = set(dataset.column_names)
             required = {role: col for role, col in columns.items() if role not in optional or col in present}
-            require_columns(dataset, spec, split, required)
+            with problems.check():
+                require_columns(dataset, spec, split, required)
             if fmt in ("chatml", "messages"):
-                check_chat_column(spec, split, dataset, columns["messages"], "messages")
+                if columns["messages"] in present:
+                    with problems.check():
+                        check_chat_column(spec, split, dataset, columns["messages"], "messages")
                 continue
             for role, column in required.items():
-                if not (role == "input" and _all_null(dataset, column)):
-                    require_string_column(spec, split, dataset, column, role)
+                if column in present and not (role == "input" and _all_null(dataset, column)):
+                    with problems.check():
+                        require_string_column(spec, split, dataset, column, role)
+        problems.raise_if_any()
 
     def check_with_tokenizer(
         self, spec: FineTuneJobSpec, datasets: DatasetDict, tokenizer: PreTrainedTokenizerBase

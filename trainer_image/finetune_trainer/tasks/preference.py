@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import logging
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from finetune_trainer.errors import DataError
@@ -73,43 +74,18 @@ class PreferenceTask:
         return column_roles_for(spec)
 
     def check_dataset(self, spec: FineTuneJobSpec, datasets: DatasetDict) -> None:
-        """Every split has chosen/rejected (and prompt) columns, all plain text or all chat turns."""
-        from finetune_trainer.data import describe_split, require_columns
+        """Every split has chosen/rejected (and prompt) columns, all plain text or all chat turns.
 
-        columns = self.column_roles(spec)
-        responses = {role: columns[role] for role in RESPONSE_ROLES}
+        Every split and role is checked, and all problems are reported in one error.
+        """
+        from finetune_trainer.data_checks import CheckProblems
+
+        problems = CheckProblems()
         for split, dataset in datasets.items():
-            where = describe_split(spec, split)
-            require_columns(dataset, spec, split, responses)
-            conversational = _is_chat(dataset, columns["chosen"])
-            if conversational != _is_chat(dataset, columns["rejected"]):
-                raise DataError(
-                    f"{where}: column {columns['chosen']!r} (chosen role) and {columns['rejected']!r} (rejected role) "
-                    "must both hold text or both hold chat turns"
-                )
-            prompt = columns["prompt"]
-            # Conversations may carry their shared prompt inside chosen/rejected; a text pair needs its prompt.
-            if not (conversational and "prompt" not in spec.task.columns and prompt not in dataset.column_names):
-                require_columns(dataset, spec, split, {"prompt": prompt})
-            if conversational:
-                for role, column in responses.items():
-                    check_chat_column(spec, split, dataset, column, role)
-                if prompt in dataset.column_names:
-                    if not _is_chat(dataset, prompt):
-                        raise DataError(
-                            f"{where}: column {prompt!r} (prompt role) holds text while chosen and rejected hold chat "
-                            "turns; give the prompt as turns too, e.g. [{'role': 'user', 'content': '...'}]"
-                        )
-                    check_chat_column(spec, split, dataset, prompt, "prompt", need_assistant=False)
-                continue
-            for role, column in {**responses, "prompt": prompt}.items():
-                bad = next((i for i, v in enumerate(dataset[column]) if not isinstance(v, str)), None)
-                if bad is not None:
-                    raise DataError(
-                        f"{where}, row {bad}, column {column!r} ({role} role): expected text or chat turns, got "
-                        f"{type(dataset[bad][column]).__name__}; set spec.task.columns.{role} to the column that "
-                        "holds it."
-                    )
+            for check in _split_checks(spec, self.column_roles(spec), split, dataset):
+                with problems.check():
+                    check()
+        problems.raise_if_any()
 
     def check_with_tokenizer(
         self, spec: FineTuneJobSpec, datasets: DatasetDict, tokenizer: PreTrainedTokenizerBase
@@ -223,3 +199,62 @@ def dpo_trainer_class() -> type:
             )
 
     return PreferenceDPOTrainer
+
+
+def _split_checks(
+    spec: FineTuneJobSpec, columns: dict[str, str], split: str, dataset: Dataset
+) -> Iterator[Callable[[], None]]:
+    """The checks of one split, each independent of the others' outcome once the columns exist."""
+    from finetune_trainer.data import describe_split, require_columns
+
+    where = describe_split(spec, split)
+    responses = {role: columns[role] for role in RESPONSE_ROLES}
+    yield lambda: require_columns(dataset, spec, split, responses)
+    if any(column not in dataset.column_names for column in responses.values()):
+        return  # the row checks below need both response columns
+    conversational = _is_chat(dataset, columns["chosen"])
+    if conversational != _is_chat(dataset, columns["rejected"]):
+
+        def mixed() -> None:
+            raise DataError(
+                f"{where}: column {columns['chosen']!r} (chosen role) and {columns['rejected']!r} (rejected role) "
+                "must both hold text or both hold chat turns"
+            )
+
+        yield mixed
+        return
+    prompt = columns["prompt"]
+    # Conversations may carry their shared prompt inside chosen/rejected; a text pair needs its prompt.
+    if not (conversational and "prompt" not in spec.task.columns and prompt not in dataset.column_names):
+        yield lambda: require_columns(dataset, spec, split, {"prompt": prompt})
+    if conversational:
+        for role, column in responses.items():
+            yield functools.partial(check_chat_column, spec, split, dataset, column, role)
+        if prompt in dataset.column_names:
+            yield functools.partial(_check_chat_prompt, spec, split, dataset, prompt)
+        return
+    for role, column in {**responses, "prompt": prompt}.items():
+        if column in dataset.column_names:
+            yield functools.partial(_require_text_rows, where, dataset, column, role)
+
+
+def _check_chat_prompt(spec: FineTuneJobSpec, split: str, dataset: Dataset, prompt: str) -> None:
+    """A prompt column beside chat-turn responses holds chat turns too (without an assistant turn)."""
+    from finetune_trainer.data import describe_split
+
+    if not _is_chat(dataset, prompt):
+        raise DataError(
+            f"{describe_split(spec, split)}: column {prompt!r} (prompt role) holds text while chosen and rejected "
+            "hold chat turns; give the prompt as turns too, e.g. [{'role': 'user', 'content': '...'}]"
+        )
+    check_chat_column(spec, split, dataset, prompt, "prompt", need_assistant=False)
+
+
+def _require_text_rows(where: str, dataset: Dataset, column: str, role: str) -> None:
+    """Every row of a text pair's column holds text."""
+    bad = next((i for i, v in enumerate(dataset[column]) if not isinstance(v, str)), None)
+    if bad is not None:
+        raise DataError(
+            f"{where}, row {bad}, column {column!r} ({role} role): expected text or chat turns, got "
+            f"{type(dataset[bad][column]).__name__}; set spec.task.columns.{role} to the column that holds it."
+        )
