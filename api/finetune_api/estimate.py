@@ -24,6 +24,7 @@ Everything is in bytes, per GPU. The exact parts are pinned against real models 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -57,10 +58,7 @@ class Tensor:
     @property
     def numel(self) -> int:
         """Number of values."""
-        out = 1
-        for d in self.shape:
-            out *= d
-        return out
+        return math.prod(self.shape)
 
     @property
     def nbytes(self) -> int:

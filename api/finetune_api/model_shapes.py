@@ -17,6 +17,7 @@ The tensor lists are pinned against models built by transformers from the same c
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
@@ -50,10 +51,7 @@ class Param:
     @property
     def numel(self) -> int:
         """Number of values."""
-        out = 1
-        for d in self.shape:
-            out *= d
-        return out
+        return math.prod(self.shape)
 
     @property
     def leaf(self) -> str:

@@ -11,8 +11,14 @@ import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from finetune_trainer.errors import DataError
+
+if TYPE_CHECKING:
+    from datasets import Dataset
+
+    from finetune_api.spec import FineTuneJobSpec
 
 
 class RowProblems:
@@ -127,3 +133,38 @@ def not_utf8(path: Path) -> str | None:
             except UnicodeDecodeError as err:
                 return f"line {lineno} is not UTF-8 text (byte {err.start} of the line); save the file as UTF-8"
     return None
+
+
+def check_chat_column(
+    spec: FineTuneJobSpec, split: str, dataset: Dataset, column: str, role: str, *, need_assistant: bool = True
+) -> None:
+    """Raise DataError naming every malformed row of a chat-turns column (each problem once, with its rows)."""
+    from finetune_trainer.data import describe_split
+    from finetune_trainer.tasks.causal_lm import CHAT_ROLES, message_problem
+
+    rows = RowProblems()
+    fix = (
+        f"each row must hold a list of turns like [{{'role': 'user', 'content': '...'}}, {{'role': 'assistant', "
+        f"'content': '...'}}] with roles {', '.join(CHAT_ROLES)}; or set spec.task.columns.{role} to the column "
+        "that holds them"
+    )
+    for index, value in enumerate(dataset[column]):
+        problem = message_problem(value, need_assistant=need_assistant)
+        if problem:
+            rows.add(describe_split(spec, split), column, index, f"({role} role) {problem}; {fix}")
+    rows.raise_if_any()
+
+
+def require_string_column(spec: FineTuneJobSpec, split: str, dataset: Dataset, column: str, role: str) -> None:
+    """Raise DataError when a text column does not hold strings."""
+    from finetune_trainer.data import describe_split
+
+    feature = dataset.features[column]
+    if getattr(feature, "dtype", None) not in ("string", "large_string"):
+        raise DataError(
+            f"{describe_split(spec, split)}, column {column!r} ({role} role) holds {feature}, not text; "
+            f"set spec.task.columns.{role} to a column of strings."
+        )
+
+
+# ---- the task ----

@@ -125,41 +125,6 @@ def clean_messages(value: Any) -> list[dict[str, str]]:
     return [{"role": t["role"], "content": t["content"]} for t in as_messages(value)]
 
 
-def check_chat_column(
-    spec: FineTuneJobSpec, split: str, dataset: Dataset, column: str, role: str, *, need_assistant: bool = True
-) -> None:
-    """Raise DataError naming every malformed row of a chat-turns column (each problem once, with its rows)."""
-    from finetune_trainer.data import describe_split
-    from finetune_trainer.data_checks import RowProblems
-
-    rows = RowProblems()
-    fix = (
-        f"each row must hold a list of turns like [{{'role': 'user', 'content': '...'}}, {{'role': 'assistant', "
-        f"'content': '...'}}] with roles {', '.join(CHAT_ROLES)}; or set spec.task.columns.{role} to the column "
-        "that holds them"
-    )
-    for index, value in enumerate(dataset[column]):
-        problem = message_problem(value, need_assistant=need_assistant)
-        if problem:
-            rows.add(describe_split(spec, split), column, index, f"({role} role) {problem}; {fix}")
-    rows.raise_if_any()
-
-
-def require_string_column(spec: FineTuneJobSpec, split: str, dataset: Dataset, column: str, role: str) -> None:
-    """Raise DataError when a text column does not hold strings."""
-    from finetune_trainer.data import describe_split
-
-    feature = dataset.features[column]
-    if getattr(feature, "dtype", None) not in ("string", "large_string"):
-        raise DataError(
-            f"{describe_split(spec, split)}, column {column!r} ({role} role) holds {feature}, not text; "
-            f"set spec.task.columns.{role} to a column of strings."
-        )
-
-
-# ---- the task ----
-
-
 def _alpaca_prompt(instruction: str, context: str | None) -> str:
     if context and context.strip():
         return ALPACA_PROMPT_WITH_INPUT.format(instruction=instruction, input=context)
@@ -211,7 +176,7 @@ class CausalLmTask:
     def check_dataset(self, spec: FineTuneJobSpec, datasets: DatasetDict) -> None:
         """Every split has the format's columns, holding text or well-formed chat turns."""
         from finetune_trainer.data import require_columns
-        from finetune_trainer.data_checks import CheckProblems
+        from finetune_trainer.data_checks import CheckProblems, check_chat_column, require_string_column
 
         fmt = text_format(spec)
         columns = format_columns(spec)

@@ -21,12 +21,12 @@ import logging
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
+from finetune_trainer.data_checks import check_chat_column
 from finetune_trainer.errors import DataError
 from finetune_trainer.tasks.base import RunContext, column_roles_for
 from finetune_trainer.tasks.causal_lm import (
     CausalLmTask,
     as_messages,
-    check_chat_column,
     check_kept_examples,
     clean_messages,
     require_chat_template,
