@@ -284,6 +284,8 @@ clusterDNS: [$gateway]
 resolvConf: ""
 failSwapOn: false
 registerNode: true
+# Only pods that tolerate this taint (tests/e2e/real_node.py RealNode.scheduling) are scheduled here.
+registerWithTaints: [{key: "ftj.dev/real-node", value: "true", effect: NoSchedule}]
 serializeImagePulls: false
 imageGCHighThresholdPercent: 100
 evictionHard: {memory.available: "200Mi", nodefs.available: "2%", imagefs.available: "2%"}

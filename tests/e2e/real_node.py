@@ -22,6 +22,7 @@ ROOT = Path(__file__).resolve().parents[2]
 NODE_SH = ROOT / "tests" / "cluster" / "node.sh"
 IMAGES_SH = ROOT / "scripts" / "images.sh"
 LOCK = Path("/run/ftj-node.lock")
+REAL_NODE_TAINT = "ftj.dev/real-node"  # tests/cluster/node.sh registers the node with it (NoSchedule)
 PODMAN_ENV = {**os.environ, "CONTAINERS_CONF": str(ROOT / "scripts" / "containers.conf")}
 
 
@@ -41,8 +42,13 @@ class RealNode:
         )  # fmt: skip
 
     def scheduling(self) -> dict[str, Any]:
-        """nodeSelector and tolerations that put a pod on this node."""
-        return {"nodeSelector": {"kubernetes.io/hostname": self.name}, "tolerations": []}
+        """nodeSelector and tolerations that put a pod on this node.
+
+        The node registers with the NoSchedule taint REAL_NODE_TAINT, so pods of the tests that
+        expect KWOK nodes (a Deployment, a Helm release) are never scheduled onto it by chance.
+        """
+        toleration = {"key": REAL_NODE_TAINT, "operator": "Equal", "value": "true", "effect": "NoSchedule"}
+        return {"nodeSelector": {"kubernetes.io/hostname": self.name}, "tolerations": [toleration]}
 
     def image(self, which: str) -> dict[str, str]:
         """Chart values (repository, tag, pullPolicy Never) of one imported image."""

@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from tests.cluster.fixture import Kube
-from tests.e2e.real_node import ROOT, RealNode, wait_pod_done
+from tests.e2e.real_node import REAL_NODE_TAINT, ROOT, RealNode, wait_pod_done
 from tests.trainer import tiny
 
 pytestmark = [pytest.mark.cluster, pytest.mark.containers]
@@ -50,6 +50,8 @@ def test_node_reports_this_machines_cpu_and_memory_and_no_gpu(kube: Kube, real_n
     assert ready["Ready"] == "True"
     assert node["status"]["nodeInfo"]["containerRuntimeVersion"].startswith("containerd://")
     assert node["status"]["nodeInfo"]["kubeletVersion"] == kube.env["FTJ_KUBERNETES_VERSION"]
+    # Only pods that tolerate it land here: other tests' Deployments and releases stay on KWOK nodes.
+    assert {"key": REAL_NODE_TAINT, "value": "true", "effect": "NoSchedule"} in node["spec"].get("taints", [])
     # The KWOK GPU nodes stay for the scheduling tests.
     kwok = kube.kubectl_json("get", "nodes", "-l", "type=kwok")["items"]
     assert len(kwok) == int(kube.env["FTJ_KWOK_GPU_NODES"])
@@ -72,7 +74,7 @@ def trainer_pod(name: str, image: str, node: RealNode, job: Path, args: list[str
         "metadata": {"name": name},
         "spec": {
             "restartPolicy": "Never",
-            "nodeSelector": node.scheduling()["nodeSelector"],
+            **node.scheduling(),  # nodeSelector and the real node's toleration
             "securityContext": {
                 "runAsNonRoot": True,
                 "runAsUser": 1000,
