@@ -157,7 +157,7 @@ class StepTimer:
 def seed_pipeline(texts_file: Path, steps: int, batch_size: int, lr: float, out: Path) -> Speed:
     """The seed chapter's pipeline (fixed padding to 256, a plain Trainer); samples/s after the first step."""
     from datasets import load_dataset
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer, Trainer, TrainingArguments, set_seed
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, Trainer, set_seed
 
     set_seed(42)
     tokenizer = AutoTokenizer.from_pretrained(str(tiny.MINILM_DIR))
@@ -169,21 +169,7 @@ def seed_pipeline(texts_file: Path, steps: int, batch_size: int, lr: float, out:
 
     tokenized = dataset.map(tokenize, batched=True)
     model = AutoModelForSequenceClassification.from_pretrained(str(tiny.MINILM_DIR), num_labels=2)
-    args = TrainingArguments(
-        output_dir=str(out),
-        max_steps=steps,
-        per_device_train_batch_size=batch_size,
-        learning_rate=lr,
-        warmup_steps=0.1,
-        save_strategy="no",
-        eval_strategy="no",
-        report_to="none",
-        use_cpu=True,
-        optim="adamw_torch",
-        seed=42,
-        disable_tqdm=True,
-        logging_strategy="no",
-    )
+    args = padding_runs_module.seed_training_arguments(out, steps, batch_size, lr)
     timer = StepTimer(batch_size)
     trainer = Trainer(model=model, args=args, train_dataset=tokenized, callbacks=[timer.callback])
     trainer.train()

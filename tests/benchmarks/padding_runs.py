@@ -76,6 +76,27 @@ def _spec(model_dir: Path, data: Path, task: dict[str, Any], steps: int, batch_s
     )
 
 
+def seed_training_arguments(out: Path, steps: int, batch_size: int, learning_rate: float) -> Any:
+    """The seed pipeline's TrainingArguments: CPU, no saving, evaluation or logging, AdamW, seed 42."""
+    from transformers import TrainingArguments
+
+    return TrainingArguments(
+        output_dir=str(out),
+        max_steps=steps,
+        per_device_train_batch_size=batch_size,
+        learning_rate=learning_rate,
+        warmup_steps=0.1,
+        save_strategy="no",
+        eval_strategy="no",
+        report_to="none",
+        use_cpu=True,
+        optim="adamw_torch",
+        seed=42,
+        disable_tqdm=True,
+        logging_strategy="no",
+    )
+
+
 def seed_causal(model_dir: Path, data: Path, steps: int, batch_size: int, out: Path, timer: Any) -> float:
     """Plain Trainer, every text padded to 256 tokens; returns examples per optimiser step."""
     from datasets import load_dataset
@@ -84,7 +105,6 @@ def seed_causal(model_dir: Path, data: Path, steps: int, batch_size: int, out: P
         AutoTokenizer,
         DataCollatorForLanguageModeling,
         Trainer,
-        TrainingArguments,
         set_seed,
     )
 
@@ -96,21 +116,7 @@ def seed_causal(model_dir: Path, data: Path, steps: int, batch_size: int, out: P
         batched=True,
         remove_columns=dataset.column_names,
     )
-    args = TrainingArguments(
-        output_dir=str(out),
-        max_steps=steps,
-        per_device_train_batch_size=batch_size,
-        learning_rate=2e-5,
-        warmup_steps=0.1,
-        save_strategy="no",
-        eval_strategy="no",
-        report_to="none",
-        use_cpu=True,
-        optim="adamw_torch",
-        seed=42,
-        disable_tqdm=True,
-        logging_strategy="no",
-    )
+    args = seed_training_arguments(out, steps, batch_size, 2e-5)
     model = AutoModelForCausalLM.from_pretrained(str(model_dir), attn_implementation="sdpa")
     collator = DataCollatorForLanguageModeling(tokenizer, mlm=False)  # labels = inputs, padding -> -100
     Trainer(model=model, args=args, train_dataset=tokenized, data_collator=collator, callbacks=[timer.callback]).train()
