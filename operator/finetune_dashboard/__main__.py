@@ -1,0 +1,3 @@
+from finetune_dashboard.main import main
+
+raise SystemExit(main())
