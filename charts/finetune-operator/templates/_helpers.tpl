@@ -89,3 +89,34 @@ Exactly what the operator calls, nothing more (tests/unit/test_chart.py pins thi
   resources: [clusterkopfpeerings]
   verbs: [get, list, watch, patch]
 {{- end }}
+
+{{/*
+Its own name label: the operator's selectors (its Deployment, the metrics Service) must not match it.
+*/}}
+{{- define "finetune-operator.dashboardSelectorLabels" -}}
+app.kubernetes.io/name: finetune-dashboard
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "finetune-operator.dashboardLabels" -}}
+{{ include "finetune-operator.dashboardSelectorLabels" . }}
+app.kubernetes.io/component: dashboard
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
+{{- end }}
+
+{{/*
+The dashboard reads and never writes, and never reads Secrets (tests/unit/test_chart.py pins this list).
+*/}}
+{{- define "finetune-operator.dashboardRules" -}}
+- apiGroups: [finetune.dev]
+  resources: [finetunejobs]
+  verbs: [get, list, watch]
+- apiGroups: [""]
+  resources: [events, pods]
+  verbs: [get, list, watch]
+- apiGroups: [""]
+  resources: [pods/log]
+  verbs: [get]
+{{- end }}
