@@ -124,6 +124,46 @@ class MemoryEstimate(ApiModel):
     message: LongText = Field(default="", description="The estimate in one line.")
 
 
+# The budget per series of status.history: a few dozen kilobytes of status, enough for a readable curve.
+HISTORY_MAX_POINTS = 256
+
+
+class TrainPoint(ApiModel):
+    """One point of the training curve: one logged step, or adjacent ones merged (see finetune_api.history)."""
+
+    step: int = Field(ge=0, description="Last optimizer step this point covers.")
+    first_step: int = Field(ge=0, description="First step merged into it (equal to step when not merged).")
+    loss: float | None = Field(default=None, description="Mean training loss over the merged steps.")
+    learning_rate: float | None = Field(default=None, description="Learning rate at step.")
+    tokens_per_second: float | None = Field(default=None, ge=0, description="Training throughput in tokens.")
+    samples_per_second: float | None = Field(default=None, ge=0, description="Training throughput in samples.")
+    epoch: float | None = Field(default=None, ge=0, description="Epochs done at step (fractional).")
+
+
+class EvalPoint(ApiModel):
+    """One evaluation (or adjacent ones merged, once the series is full)."""
+
+    step: int = Field(ge=0, description="Optimizer step of the evaluation.")
+    epoch: float | None = Field(default=None, ge=0, description="Epochs done at step (fractional).")
+    loss: float | None = Field(default=None, description="Evaluation loss.")
+    metrics: dict[str, float] = Field(
+        default_factory=dict, max_length=64, description="Evaluation metrics without the eval_ prefix, e.g. accuracy."
+    )
+
+
+class History(ApiModel):
+    """The training and evaluation curves, downsampled to a fixed budget (the full history is in S3)."""
+
+    max_points: int = Field(default=HISTORY_MAX_POINTS, ge=2, le=1024, description="The budget per series.")
+    train: list[TrainPoint] = Field(
+        default_factory=list, max_length=1024, description="Training points, ascending by step."
+    )
+    eval: list[EvalPoint] = Field(
+        default_factory=list, max_length=1024, description="Evaluation points, ascending by step."
+    )
+    uri: Name | None = Field(default=None, description="The full history as JSON lines in S3 (when output.s3 is set).")
+
+
 class FineTuneJobStatus(ApiModel):
     """Observed state of a FineTuneJob."""
 
@@ -147,13 +187,16 @@ class FineTuneJobStatus(ApiModel):
     runtime: Runtime | None = Field(
         default=None, description="Attention, padding-free, Liger, compile, optimiser and precision in use."
     )
+    history: History | None = Field(
+        default=None, description="Loss, learning-rate, throughput and evaluation curves (from the trainer)."
+    )
     message: LongText | None = Field(default=None, description="The current state or error, in one line.")
 
 
 # The fields each side writes; a status patch of one side never names the other's.
 # memoryEstimate: the trainer resolves training.sizing auto on the GPU it got, so it reports the estimate.
 TRAINER_FIELDS = frozenset(
-    {"progress", "metrics", "test_metrics", "parameters", "artifacts", "runtime", "memory_estimate"}
+    {"progress", "metrics", "test_metrics", "parameters", "artifacts", "runtime", "memory_estimate", "history"}
 )
 OPERATOR_FIELDS = frozenset(FineTuneJobStatus.model_fields) - TRAINER_FIELDS
 

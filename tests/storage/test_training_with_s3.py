@@ -5,6 +5,7 @@ checkpoint and not the run, and a model and dataset read from s3:// URIs."""
 
 from __future__ import annotations
 
+import json
 import logging
 import uuid
 from collections.abc import Iterator
@@ -196,6 +197,25 @@ def test_the_status_names_the_artifacts(full_run: FullRun) -> None:
         "metrics": str(location.final.join("metrics.json")),
     }
     assert location.root.key.endswith("/bert-s3/")
+
+
+def test_the_status_carries_the_curves_and_s3_the_full_history(full_run: FullRun) -> None:
+    logged = full_run.result.trainer.state.log_history
+    history = full_run.status["history"]
+    assert history["maxPoints"] == 256 and history["uri"] == str(full_run.store.location.history)
+    # Under the budget nothing is merged: one training point per logged loss, one evaluation every 3 steps.
+    assert [(p["step"], p["firstStep"], p["loss"]) for p in history["train"]] == [
+        (e["step"], e["step"], e["loss"]) for e in logged if "loss" in e
+    ]
+    assert all(p["learningRate"] >= 0 and p["epoch"] > 0 for p in history["train"])
+    assert [(p["step"], p["loss"], p["metrics"]["accuracy"]) for p in history["eval"]] == [
+        (e["step"], e["eval_loss"], e["eval_accuracy"]) for e in logged if "eval_loss" in e
+    ]
+    assert [p["step"] for p in history["eval"]][:4] == [3, 6, 9, 12]
+    body = full_run.store.storage.client.get_object(
+        Bucket=full_run.store.location.root.bucket, Key=full_run.store.location.history.key
+    )["Body"].read()
+    assert [json.loads(line) for line in body.decode().splitlines()] == logged
 
 
 # ---- resume, refusal, outage, s3 inputs ----

@@ -301,7 +301,8 @@ def _train(
     if reporter is not None:
         reporter.update(FineTuneJobStatus(parameters=Parameters(trainable=trainable, total=total)))
         per_step = spec.training.batch_size_per_device * spec.training.gradient_accumulation_steps * world.world_size
-        all_callbacks.append(ProgressCallback(reporter, global_batch_size=per_step))
+        history_uri = str(s3_output.location.history) if s3_output is not None else None
+        all_callbacks.append(ProgressCallback(reporter, global_batch_size=per_step, history_uri=history_uri))
     if spec.training.early_stopping_patience is not None:
         all_callbacks.append(EarlyStoppingCallback(early_stopping_patience=spec.training.early_stopping_patience))
     if s3_output is not None:

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 CHECKPOINTS_DIR = "checkpoints/"
 FINAL_DIR = "final/"
 MERGED_DIR = "merged/"
+HISTORY_FILE = "history.jsonl"
 # The Trainer's checkpoint folders, on disk and in S3.
 CHECKPOINT_NAME = re.compile(r"^checkpoint-(\d+)$")
 
@@ -86,3 +87,8 @@ class JobLocation:
     def merged(self) -> S3Uri:
         """Prefix of the merged model."""
         return self.root.join(MERGED_DIR)
+
+    @property
+    def history(self) -> S3Uri:
+        """The full training history, one JSON object per logged step (status.history.uri)."""
+        return self.root.join(HISTORY_FILE)

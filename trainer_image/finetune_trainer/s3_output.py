@@ -48,7 +48,7 @@ import os
 import re
 import shutil
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -71,6 +71,7 @@ from finetune_trainer.checkpoint_store import (
 from finetune_trainer.checkpoint_uploader import CheckpointUploader, PendingCheckpoint, snapshot_directory
 from finetune_trainer.errors import EXIT_RETRYABLE, ConfigError
 from finetune_trainer.fingerprint import check_compatible, fingerprint, fingerprint_fields
+from finetune_trainer.history_recorder import history_jsonl
 from finetune_trainer.job_location import JobLocation, checkpoint_name, step_of
 from finetune_trainer.s3_errors import StorageError
 from finetune_trainer.s3_types import S3Uri, env_number, relative_files
@@ -196,6 +197,7 @@ class S3JobOutput:
                 time.monotonic() - started,
             )
             self._report(Artifacts(latest_checkpoint=str(self.location.checkpoint(step))))
+            self.upload_history(state.get("log_history") or [])
             best = state.get("best_global_step")
             self.store.prune(self.spec.training.save_total_limit, int(best) if best is not None else None)
         except StorageError as err:
@@ -299,6 +301,7 @@ class S3JobOutput:
             if merged is not None:
                 self.upload_artifacts(merged, self.location.merged, "merged", common)
             self.upload_artifacts(out, self.location.final, "final", {**common, "metrics": dict(metrics)})
+            self.upload_history(trainer.state.log_history)
             self._report(artifacts)
         except StorageError as err:
             raise FinalUploadError(
@@ -311,6 +314,13 @@ class S3JobOutput:
                 self.reporter.close()  # sends what is pending (the artifacts) before the process ends
         log.info("final artifacts in %s", self.location.final)
         return artifacts
+
+    def upload_history(self, log_history: Iterable[Mapping[str, Any]]) -> None:
+        """Replace history.jsonl with the run's every log entry (rank 0); a failure costs a warning, not the run."""
+        try:
+            self.store.storage.write_bytes(self.location.history, history_jsonl(log_history), "application/jsonl")
+        except StorageError as err:
+            log.warning("the history was not written to %s: %s", self.location.history, err)
 
     def upload_artifacts(self, directory: Path, prefix: S3Uri, kind: str, extra: Mapping[str, Any]) -> dict[str, Any]:
         """Upload a directory's artifacts (not checkpoints or staging) under prefix, then its manifest."""

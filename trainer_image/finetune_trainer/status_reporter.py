@@ -27,6 +27,7 @@ from transformers import TrainerCallback, TrainerControl, TrainerState, Training
 from finetune_api.contract import API_GROUP, API_VERSION, ENV_JOB_NAME, ENV_JOB_NAMESPACE, ENV_STATUS_INTERVAL, PLURAL
 from finetune_api.kube_client import load_kube_config
 from finetune_api.status import FineTuneJobStatus, Progress, now, status_patch
+from finetune_trainer.history_recorder import HistoryRecorder
 
 log = logging.getLogger(__name__)
 PatchFn = Callable[[dict[str, Any]], None]
@@ -133,17 +134,22 @@ def _finite(value: Any) -> float | None:
 
 
 class ProgressCallback(TrainerCallback):
-    """Turns the Trainer's logs into status.progress and status.metrics (world process zero only)."""
+    """Turns the Trainer's logs into status.progress, status.metrics and status.history (world process zero only).
 
-    def __init__(self, reporter: StatusReporter, global_batch_size: int):
+    ``history_uri`` is where the full history goes (S3 output only), named in status.history.uri.
+    """
+
+    def __init__(self, reporter: StatusReporter, global_batch_size: int, history_uri: str | None = None):
         self.reporter = reporter
         self.global_batch_size = global_batch_size
+        self.history = HistoryRecorder(global_batch_size, history_uri)
         self._t0: float | None = None
         self._step0 = 0
 
     def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **_: Any) -> None:
         self._t0 = time.monotonic()
         self._step0 = state.global_step  # resumed runs start past zero
+        self.history.begin(state.log_history, state.global_step)  # a resumed run's curve so far
 
     def progress(self, state: TrainerState, loss: float | None = None, lr: float | None = None) -> Progress:
         """status.progress for the trainer's current state."""
@@ -177,10 +183,11 @@ class ProgressCallback(TrainerCallback):
             return
         progress = self.progress(state, _finite(logs.get("loss")), _finite(logs.get("learning_rate")))
         metrics = {k: f for k, v in logs.items() if k.startswith("eval_") and (f := _finite(v)) is not None}
-        update = FineTuneJobStatus(progress=progress)
+        history = self.history.log(logs, state.global_step)
+        update = FineTuneJobStatus(progress=progress, history=history)
         if metrics:
             try:
-                update = FineTuneJobStatus(progress=progress, metrics=metrics)
+                update = FineTuneJobStatus(progress=progress, metrics=metrics, history=history)
             except ValidationError as err:  # e.g. more metrics than the status holds: report progress only
                 log.warning("status.metrics not reported: %s", err)
         self.reporter.update(update)

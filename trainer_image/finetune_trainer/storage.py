@@ -264,11 +264,14 @@ class S3Storage:
 
     def write_json(self, uri: S3Uri, data: Any) -> None:
         """Store a JSON document (one PUT: it appears whole or not at all)."""
-        body = (json.dumps(data, indent=2, sort_keys=True) + "\n").encode()
+        self.write_bytes(uri, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode(), "application/json")
+
+    def write_bytes(self, uri: S3Uri, body: bytes, content_type: str) -> None:
+        """Store a small object in one PUT (it appears whole or not at all)."""
         self._retrying(
             "write",
             uri,
-            lambda: self.client.put_object(Bucket=uri.bucket, Key=uri.key, Body=body, ContentType="application/json"),
+            lambda: self.client.put_object(Bucket=uri.bucket, Key=uri.key, Body=body, ContentType=content_type),
         )
 
     # -- downloads --
