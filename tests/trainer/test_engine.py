@@ -44,6 +44,41 @@ def test_a_rerun_resumes_from_the_newest_checkpoint(
 
 
 @pytest.mark.slow
+def test_sigterm_saves_a_checkpoint_at_that_step_and_the_rerun_resumes_from_it(
+    tmp_path: Path, tiny_bert: Path, encoder_data: dict[str, Path]
+) -> None:
+    import os
+    import signal
+
+    from transformers import TrainerCallback
+
+    from finetune_trainer.preemption import Preempted
+
+    class TermAtStep3(TrainerCallback):  # what the kubelet does to an evicted pod
+        def on_step_end(self, args: Any, state: Any, control: Any, **_: Any) -> None:
+            if state.global_step == 3:
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    # No scheduled checkpoint before the end: the one found after the signal is the signal's.
+    schedule = {"evalStrategy": "no", "saveStrategy": "steps", "saveSteps": 50, "loadBestModelAtEnd": False}
+    out = tmp_path / "out"
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(Preempted, match=r"at step 4: checkpoint-4 is saved on this pod's disk") as caught:
+        engine.train(sentiment_spec(tiny_bert, encoder_data, maxSteps=10, **schedule), out, callbacks=[TermAtStep3()])
+    assert caught.value.exit_code == 75  # retryable: the Job runs the pod again
+    assert signal.getsignal(signal.SIGTERM) is before  # the handler lives only while training
+    assert engine.latest_checkpoint(out) == str(out / "checkpoint-4")
+    assert not (out / "metrics.json").exists()  # no final artifacts from a stopped run
+
+    counter = StepCounter()
+    result = engine.train(
+        sentiment_spec(tiny_bert, encoder_data, maxSteps=10, **schedule), out, callbacks=[counter.callback]
+    )
+    assert result.metrics["global_step"] == 10
+    assert counter.steps == 6  # steps 5..10: none trained twice
+
+
+@pytest.mark.slow
 def test_early_stopping_ends_training_when_the_metric_stalls(
     tmp_path: Path, tiny_bert: Path, encoder_data: dict[str, Path]
 ) -> None:

@@ -240,6 +240,7 @@ def _train(
 
     from finetune_trainer.artifacts import save_merged_model, write_model_card
     from finetune_trainer.fingerprint import check_local_resume, record_local_fingerprint
+    from finetune_trainer.preemption import StopOnSigterm
     from finetune_trainer.s3_output import open_output
     from finetune_trainer.status_reporter import ProgressCallback
 
@@ -297,7 +298,8 @@ def _train(
     trainable, total = count_parameters(model)
     log.info("parameters: %s trainable of %s (%.3f%%)", f"{trainable:,}", f"{total:,}", 100 * trainable / total)
 
-    all_callbacks = list(callbacks or [])
+    sigterm = StopOnSigterm()  # eviction, preemption: a checkpoint at the current step, then exit 75
+    all_callbacks = [sigterm, *(callbacks or [])]
     if reporter is not None:
         reporter.update(FineTuneJobStatus(parameters=Parameters(trainable=trainable, total=total)))
         per_step = spec.training.batch_size_per_device * spec.training.gradient_accumulation_steps * world.world_size
@@ -331,6 +333,7 @@ def _train(
     if checkpoint:
         log.info("resuming from %s", checkpoint)
     train_output = trainer.train(resume_from_checkpoint=checkpoint)
+    sigterm.raise_if_stopped(s3_output)
     eval_metrics = trainer.evaluate() if trainer.eval_dataset is not None else {}
     test_metrics = evaluate_test_split(task, ctx, trainer.model)
     if reporter is not None and test_metrics:
