@@ -30,7 +30,7 @@ from finetune_operator import kube, metrics
 from finetune_operator.builders import GPU_RESOURCE, Parent, build_children
 from finetune_operator.preflight import ClusterView, preflight_problems
 from finetune_operator.settings import OperatorSettings
-from finetune_operator.status import desired_status, pod_failure_reason, status_patch, transition_events
+from finetune_operator.status import desired_status, job_failed, pod_failure_reason, status_patch, transition_events
 from finetune_operator.updates import config_map_patch, plan_job, replacement_job, updated_job
 
 FTJ = (API_GROUP, API_VERSION, PLURAL)
@@ -117,6 +117,12 @@ def _sync_status(
     """Recompute the operator-owned status, patch it if it changed, and post events for changes."""
     meta = ref["metadata"]
     with known.lock:
+        # Why it failed, in the failed job's message (an out-of-memory kill names the field to change).
+        last_failure = (
+            pod_failure_reason(kube.list_pods(meta["namespace"], f"{JOB_LABEL}={meta['name']}"))
+            if job_failed(job)
+            else None
+        )
         new = desired_status(
             name=meta["name"],
             generation=known.generation,
@@ -126,6 +132,7 @@ def _sync_status(
             problems=problems,
             waiting_for=waiting_for,
             timestamp=now(),
+            last_failure=last_failure,
         )
         patch = status_patch(known.status, new)
         if patch is not None:

@@ -65,8 +65,13 @@ def _job_condition(job: dict[str, Any], kind: str) -> dict[str, Any] | None:
     return None
 
 
-def _job_state(name: str, nodes: int, job: dict[str, Any], restarts: int) -> _State:
-    """What the Job shows, as one of the states of _CONDITIONS."""
+def job_failed(job: dict[str, Any] | None) -> bool:
+    """Whether the Job has given up (its Failed condition is True)."""
+    return job is not None and _job_condition(job, "Failed") is not None
+
+
+def _job_state(name: str, nodes: int, job: dict[str, Any], restarts: int, last_failure: str | None) -> _State:
+    """What the Job shows, as one of the states of _CONDITIONS (``last_failure``: pod_failure_reason's)."""
     js = job.get("status") or {}
     if _job_condition(job, "Complete") is not None:
         return _State("Succeeded", "Succeeded", "Completed", "training finished")
@@ -75,6 +80,8 @@ def _job_state(name: str, nodes: int, job: dict[str, Any], restarts: int) -> _St
         reason = failed.get("reason") or "Failed"
         template = _JOB_FAILURE_MESSAGES.get(reason)
         detail = template.format(failed=restarts, name=name) if template else failed.get("message", "")
+        if last_failure:
+            detail += f"; the last failure: {last_failure}"
         return _State("Failed", "Failed", reason, f"{reason}: {detail}")
     if _job_condition(job, "Suspended") is not None or (job.get("spec") or {}).get("suspend"):
         message = "suspended (runPolicy.suspend); set it to false to resume from the last checkpoint"
@@ -98,12 +105,14 @@ def desired_status(
     problems: list[str] | None = None,
     waiting_for: list[str] | None = None,
     timestamp: str = "",
+    last_failure: str | None = None,
 ) -> FineTuneJobStatus:
     """The operator's part of the status for the current state (condition times set to ``timestamp``).
 
     ``job`` is the batch/v1 Job (None before it exists); ``problems`` are spec problems
     the API server could not refuse, which stall the job with the field path and fix; ``waiting_for``
-    are objects the preflight found missing, which stall it until they exist (phase stays Pending).
+    are objects the preflight found missing, which stall it until they exist (phase stays Pending);
+    ``last_failure`` (:func:`pod_failure_reason`) is why the last pod failed, told in a failed job's message.
     observedGeneration is the generation the Job reflects: it moves once a spec change is
     applied to the Job, not when the change is made.
     """
@@ -123,7 +132,7 @@ def desired_status(
         observed = reflected_generation(job) or generation
         js = job.get("status") or {}
         restarts = previous_failures(job) + int(js.get("failed") or 0)
-        state = _job_state(name, nodes, job, restarts)
+        state = _job_state(name, nodes, job, restarts, last_failure)
         start_time = js.get("startTime")
         if state.phase == "Succeeded":
             complete = _job_condition(job, "Complete") or {}
@@ -190,9 +199,17 @@ def status_patch(old: dict[str, Any], new: FineTuneJobStatus) -> dict[str, Any] 
     return patch
 
 
+def _memory_limit(pod: dict[str, Any], container: str | None) -> str:
+    for c in (pod.get("spec") or {}).get("containers") or []:
+        if c.get("name") == container:
+            return str(((c.get("resources") or {}).get("limits") or {}).get("memory") or "")
+    return ""
+
+
 def pod_failure_reason(pods: list[dict[str, Any]]) -> str | None:
     """Why the most recently failed trainer pod stopped, e.g. 'OOMKilled (exit code 137)', with the
-    last line of its termination message (the trainer's reason, or its last log line)."""
+    last line of its termination message (the trainer's reason, or its last log line); for an
+    out-of-memory kill, the memory limit and the fields to change instead."""
     latest: tuple[str, str] | None = None
     for pod in pods:
         if (pod.get("status") or {}).get("phase") != "Failed":
@@ -206,7 +223,14 @@ def pod_failure_reason(pods: list[dict[str, Any]]) -> str | None:
                 meaning = f", {declared.name}" if declared else ""
                 text = f"{term.get('reason') or 'Error'} (exit code {code}{meaning})"
                 lines = [line.strip() for line in (term.get("message") or "").splitlines() if line.strip()]
-                if lines:
+                if term.get("reason") == "OOMKilled":
+                    limit = _memory_limit(pod, cs.get("name"))
+                    text += (
+                        f": out of memory, the trainer needed more than its container's limit"
+                        f"{f' of {limit}' if limit else ''}; raise spec.resources.memory, or lower "
+                        "training.batchSizePerDevice or training.maxSeqLength"
+                    )
+                elif lines:
                     text += f": {lines[-1][:300]}"
                 if latest is None or when >= latest[0]:
                     latest = (when, text)

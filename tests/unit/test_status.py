@@ -9,6 +9,7 @@ import pytest
 from finetune_api.spec import wire
 from finetune_operator.status import (
     desired_status,
+    job_failed,
     merge_conditions,
     pod_failure_reason,
     status_patch,
@@ -158,7 +159,7 @@ def test_pod_failure_reason_reads_the_latest_terminated_container() -> None:
         return {"status": {"phase": "Failed", "containerStatuses": [{"state": {"terminated": term}}]}}
 
     pods = [pod("Error", 1, "2026-01-01T00:00:00Z"), pod("OOMKilled", 137, "2026-01-01T00:05:00Z")]
-    assert pod_failure_reason(pods) == "OOMKilled (exit code 137)"
+    assert (pod_failure_reason(pods) or "").startswith("OOMKilled (exit code 137): out of memory")
     assert pod_failure_reason([{"status": {"phase": "Running"}}]) is None
 
 
@@ -166,6 +167,23 @@ def test_pod_failure_reason_carries_the_last_line_of_the_termination_message() -
     term = {"reason": "Error", "exitCode": 75, "finishedAt": "t", "message": "loading data\nS3 503: SlowDown\n"}
     pod = {"status": {"phase": "Failed", "containerStatuses": [{"state": {"terminated": term}}]}}
     assert pod_failure_reason([pod]) == "Error (exit code 75, TemporaryFailure): S3 503: SlowDown"
+
+
+def test_an_out_of_memory_kill_fails_the_job_with_the_field_to_change() -> None:
+    term = {"reason": "OOMKilled", "exitCode": 137, "finishedAt": "t", "message": "step 3 loss 0.69\n"}
+    pod = {
+        "spec": {"containers": [{"name": "trainer", "resources": {"limits": {"memory": "300Mi"}}}]},
+        "status": {"phase": "Failed", "containerStatuses": [{"name": "trainer", "state": {"terminated": term}}]},
+    }
+    reason = pod_failure_reason([pod])
+    assert reason is not None and reason.startswith("OOMKilled (exit code 137): out of memory")
+    assert "limit of 300Mi" in reason and "raise spec.resources.memory" in reason
+    failed = _job(failed=1, conditions=[{"type": "Failed", "reason": "BackoffLimitExceeded"}])
+    assert job_failed(failed) and not job_failed(_job(active=2, ready=2)) and not job_failed(None)
+    status = wire(desired_status(name="j", generation=1, nodes=2, gpus_per_node=0, job=failed, last_failure=reason))
+    assert status["phase"] == "Failed"
+    assert status["message"].startswith("BackoffLimitExceeded: the trainer failed 1 times")
+    assert status["message"].endswith(f"; the last failure: {reason}")
 
 
 def test_phase_gauge_counts_each_job_once_in_its_current_phase() -> None:
