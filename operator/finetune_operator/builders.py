@@ -55,6 +55,7 @@ from finetune_operator.settings import OperatorSettings
 from finetune_operator.updates import GENERATION_ANNOTATION, TEMPLATE_HASH_ANNOTATION, template_hash
 
 GPU_RESOURCE = "nvidia.com/gpu"  # the extended resource of NVIDIA's device plugin
+TMP_DIR = "/tmp"  # an emptyDir: the trainer's root filesystem is read-only
 
 
 @dataclass(frozen=True)
@@ -208,6 +209,7 @@ def _env(parent: Parent, spec: FineTuneJobSpec, settings: OperatorSettings) -> l
         {"name": ENV_JOB_NAMESPACE, "value": parent.namespace},
         {"name": ENV_WORLD_SIZE, "value": str(world_size(spec))},
         {"name": ENV_HF_HOME, "value": HF_HOME_DIR},
+        {"name": "HOME", "value": TMP_DIR},  # ~/.cache, ~/.triton: the root filesystem is read-only
         {"name": "PYTHONUNBUFFERED", "value": "1"},
     ]
     if spec.model.token_secret_ref is not None:
@@ -247,6 +249,7 @@ def _volumes(parent: Parent, spec: FineTuneJobSpec) -> list[dict[str, Any]]:
         {"name": "config", "configMap": {"name": child_names(parent)["config"]}},
         {"name": "workspace", **workspace},
         {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": spec.resources.shm_size}},
+        {"name": "tmp", "emptyDir": {}},
     ]
 
 
@@ -310,6 +313,7 @@ def build_job(parent: Parent, spec: FineTuneJobSpec, settings: OperatorSettings)
                 "resources": _resources(spec),
                 "securityContext": {
                     "allowPrivilegeEscalation": False,
+                    "readOnlyRootFilesystem": True,  # writable: /workspace, /tmp, /dev/shm
                     "capabilities": {"drop": ["ALL"]},
                 },
                 # The trainer writes why it failed to the termination log; if it could not (a crash),
@@ -320,6 +324,7 @@ def build_job(parent: Parent, spec: FineTuneJobSpec, settings: OperatorSettings)
                     {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
                     {"name": "workspace", "mountPath": WORKSPACE},
                     {"name": "dshm", "mountPath": "/dev/shm"},
+                    {"name": "tmp", "mountPath": TMP_DIR},
                 ],
             }
         ],

@@ -173,6 +173,13 @@ def test_pods_run_as_non_root_without_privileges() -> None:
     assert sc["allowPrivilegeEscalation"] is False and sc["capabilities"] == {"drop": ["ALL"]}
     shm = next(v for v in pod["volumes"] if v["name"] == "dshm")
     assert shm["emptyDir"]["medium"] == "Memory"
+    # A read-only root filesystem: what the trainer writes goes to volumes (tests/e2e runs it so).
+    assert sc["readOnlyRootFilesystem"] is True
+    mounts = {m["mountPath"]: m["name"] for m in pod["containers"][0]["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert {k: v for k, v in volumes[mounts["/tmp"]].items() if k != "name"} == {"emptyDir": {}}
+    env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
+    assert env["HOME"] == "/tmp" and env["HF_HOME"].startswith("/workspace/")
 
 
 def test_user_strings_never_reach_a_shell() -> None:

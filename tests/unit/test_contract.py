@@ -35,7 +35,7 @@ SPEC = FineTuneJobSpec.model_validate(
     }
 )
 # Read by the Python runtime itself, not by our code.
-RUNTIME_ENV = {"PYTHONUNBUFFERED"}
+RUNTIME_ENV = {"PYTHONUNBUFFERED", "HOME"}  # for Python and the libraries (HOME: a writable /tmp)
 # Read by a library on the trainer's behalf: torchrun (its --node-rank argument names the variable),
 # huggingface_hub (cache and token) and boto3 (credentials).
 LIBRARY_READERS = {
