@@ -71,6 +71,13 @@ def test_pip_check_finds_no_broken_requirement(trainer_image: str) -> None:
     done = run_in(trainer_image, "check", entrypoint="pip")
     assert done.returncode == 0, done.stdout + done.stderr
     assert "No broken requirements found" in done.stdout
+    # DeepSpeed's own dependencies are pinned too: in the Dockerfile where constraints.txt cannot.
+    dockerfile = (ROOT / "trainer_image" / "Dockerfile").read_text()
+    pins = dict(re.findall(r'"([A-Za-z0-9_.-]+)==([^"]+)"', dockerfile))
+    assert {"deepspeed", "hjson", "ninja", "py-cpuinfo", "msgpack", "einops"} <= set(pins)
+    frozen = run_in(trainer_image, "freeze", entrypoint="pip")
+    installed = dict(line.split("==", 1) for line in frozen.stdout.splitlines() if "==" in line)
+    assert {name: installed.get(name) for name in pins} == pins
 
 
 def test_runs_as_non_root_on_a_read_only_root(trainer_image: str) -> None:
