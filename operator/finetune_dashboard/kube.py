@@ -80,7 +80,8 @@ class JobStore:
     def watches_namespace(self, namespace: str) -> bool:
         return self.namespaces is None or namespace in self.namespaces
 
-    def _replace(self, namespace: str | None, items: list[dict[str, Any]]) -> None:
+    def replace(self, namespace: str | None, items: list[dict[str, Any]]) -> None:
+        """A fresh listing of one namespace (None: all) replaces what was known of it."""
         with self._lock:
             gone = [k for k, o in self._jobs.items() if namespace in (None, o["metadata"]["namespace"])]
             for key in gone:
@@ -92,7 +93,8 @@ class JobStore:
             if len(self._listed) == len(self.namespaces or [None]):
                 self._ready.set()
 
-    def _apply(self, kind: str, obj: dict[str, Any]) -> None:
+    def apply(self, kind: str, obj: dict[str, Any]) -> None:
+        """One watch event: ADDED, MODIFIED or DELETED."""
         with self._lock:
             if kind == "DELETED":
                 self._jobs.pop(_key(obj), None)
@@ -103,10 +105,10 @@ class JobStore:
     def _run(self, namespace: str | None) -> None:
         while not self._stop.is_set():
             try:
-                for kind, obj in _list_then_watch(namespace, self._replace):
+                for kind, obj in _list_then_watch(namespace, self.replace):
                     if self._stop.is_set():
                         return
-                    self._apply(kind, obj)
+                    self.apply(kind, obj)
             except ApiException as err:
                 log.warning("watching FineTuneJobs in %s: %s %s", namespace or "all namespaces", err.status, err.reason)
                 time.sleep(RETRY_SECONDS)

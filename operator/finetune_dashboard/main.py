@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 
 from aiohttp import web
+
+NAMESPACE = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -24,6 +27,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("give --all-namespaces or at least one --namespace")
     if not 0 < args.port < 65536:
         p.error(f"--port {args.port}: give a port from 1 to 65535")
+    for ns in args.namespace:
+        if not NAMESPACE.fullmatch(ns):
+            p.error(f"--namespace {ns!r}: not a namespace name (lower-case letters, digits and '-', at most 63)")
     return args
 
 
