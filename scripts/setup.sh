@@ -14,4 +14,12 @@ python="${PYTHON:-python3}"
 [[ -x .venv/bin/python ]] || "$python" -m venv .venv
 .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade "pip==26.3"
 .venv/bin/python -m pip install -q --disable-pip-version-check -c constraints.txt -e ".[operator,trainer,dev]"
+# Debian's Chromium and its WebDriver: the dashboard's browser tests drive them (no browser download).
+if ! [[ -x /usr/bin/chromium && -x /usr/bin/chromedriver ]]; then
+  if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null; then
+    apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium chromium-driver >/dev/null
+  else
+    echo "setup.sh: install Debian's chromium and chromium-driver (as root) for the dashboard's browser tests" >&2
+  fi
+fi
 echo "setup.sh: .venv ready ($(.venv/bin/python --version))"
