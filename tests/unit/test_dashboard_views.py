@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from finetune_api.status import FineTuneJobStatus
 from finetune_dashboard import views
 
 
@@ -31,6 +32,11 @@ HISTORY = {
     "eval": [{"step": 20, "epoch": 1.0, "loss": 0.45, "metrics": {"accuracy": 0.8, "f1": 0.75}}],
     "uri": "s3://models/runs/bert-lora/history.jsonl",
 }
+
+
+def test_the_example_is_a_valid_status_history() -> None:
+    # The typed status refuses unknown fields: the dashboard reads the names the trainer writes.
+    FineTuneJobStatus.model_validate({"history": HISTORY, "artifacts": {"model": "s3://m/final"}})
 
 
 def test_curves_are_the_history_series_in_step_order() -> None:
