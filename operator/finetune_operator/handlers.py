@@ -273,9 +273,21 @@ def job_changed(body: kopf.Body, type: str | None, **_: Any) -> None:
         log.warning("status refresh of %s/%s failed: %s", namespace, owner["name"], err.reason)
 
 
-@kopf.on.delete(*FTJ, optional=True)
+@kopf.index(*FTJ)
+async def job_gauges(namespace: str | None, name: str, uid: str, status: kopf.Status, **_: Any) -> None:
+    """Every FineTuneJob event (the trainer's progress too): refresh the job's Prometheus gauges.
+
+    An indexer rather than an event handler: kopf calls it for each event without logging a line
+    per call; it indexes nothing (returns None)."""
+    metrics.observe_job(namespace or "", name, uid, status)
+
+
+@kopf.on.event(*FTJ, when=lambda type, **_: type == "DELETED")
 def forget(namespace: str | None, name: str, uid: str, **_: Any) -> None:
-    """Drop a deleted job from the metrics and the operator's memory; its children go by garbage collection."""
-    metrics.forget(namespace or "", name)
+    """Drop a deleted job from the metrics and the operator's memory; its children go by garbage collection.
+
+    On the watch's DELETED event: a delete handler without a finalizer is not called when the object
+    is simply gone."""
+    metrics.forget(namespace or "", name, uid)
     with _known_lock:
         _known.pop(uid, None)

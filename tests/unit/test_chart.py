@@ -5,6 +5,7 @@ Needs the helm binary that tests/cluster/build.sh installs (CI builds it before 
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from pathlib import Path
@@ -121,6 +122,7 @@ def test_operator_pod_is_locked_down() -> None:
         ("s3.endpoint=minio:9000", "pattern"),
         ("operator.image.pullPolicy=Sometimes", "must be one of"),
         ("unknownKey=1", "additional properties"),
+        ("metrics.grafanaDashboard.label=bad label", "pattern"),
     ],
 )
 def test_values_schema_refuses_bad_values(value: str, message: str) -> None:
@@ -131,3 +133,20 @@ def test_values_schema_refuses_bad_values(value: str, message: str) -> None:
 
 def test_chart_crd_is_the_generated_one() -> None:
     assert (CHART / "crds" / "finetunejob.yaml").read_text() == (ROOT / "crds" / "finetunejob.yaml").read_text()
+
+
+def test_grafana_dashboard_is_a_configmap_the_sidecar_loads() -> None:
+    assert not [d for d in template() if d["kind"] == "ConfigMap"]
+    (cm,) = [d for d in template("metrics.grafanaDashboard.enabled=true") if d["kind"] == "ConfigMap"]
+    assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert cm["metadata"]["namespace"] == "finetune-system"
+    (text,) = cm["data"].values()
+    assert json.loads(text) == json.loads((CHART / "dashboards" / "finetune-jobs.json").read_text())
+    moved = template(
+        "metrics.grafanaDashboard.enabled=true",
+        "metrics.grafanaDashboard.namespace=monitoring",
+        "metrics.grafanaDashboard.label=dashboards",
+        "metrics.grafanaDashboard.labelValue=finetune",
+    )
+    (cm,) = [d for d in moved if d["kind"] == "ConfigMap"]
+    assert cm["metadata"]["namespace"] == "monitoring" and cm["metadata"]["labels"]["dashboards"] == "finetune"
