@@ -85,7 +85,11 @@ class MemoryBreakdown(ApiModel):
     optimizer_states: int = Field(ge=0, description="Optimizer states (and DeepSpeed's float32 master weights).")
     activations: int = Field(ge=0, description="Activations kept for the backward pass at the peak.")
     overhead: int = Field(ge=0, description="Step temporaries, CUDA context and workspaces, fragmentation.")
-    total: int = Field(ge=0, description="Everything together.")
+    total: int = Field(
+        ge=0,
+        description="The peak per GPU: the parts above less what is never alive at the same time "
+        "(gradients and step buffers are not held together with the backward's activations).",
+    )
 
 
 class FitAlternative(ApiModel):
@@ -194,7 +198,8 @@ class FineTuneJobStatus(ApiModel):
 
 
 # The fields each side writes; a status patch of one side never names the other's.
-# memoryEstimate: the trainer resolves training.sizing auto on the GPU it got, so it reports the estimate.
+# memoryEstimate: the operator's fit check writes it before the Job exists (a whole-field patch of its own);
+# the trainer writes it again for the GPU it got.
 TRAINER_FIELDS = frozenset(
     {"progress", "metrics", "test_metrics", "parameters", "artifacts", "runtime", "memory_estimate", "history"}
 )

@@ -23,15 +23,16 @@ import kopf
 from kubernetes.client.exceptions import ApiException
 
 from finetune_api.contract import API_GROUP, API_GROUP_VERSION, API_VERSION, JOB_LABEL, KIND, PLURAL
-from finetune_api.spec import FineTuneJobSpec
+from finetune_api.spec import FineTuneJobSpec, wire
 from finetune_api.status import now
 from finetune_api.validation import InvalidSpec, parse_spec
-from finetune_operator import kube, metrics
+from finetune_operator import kube, metrics, preflight_run
 from finetune_operator.builders import GPU_RESOURCE, Parent, build_children
 from finetune_operator.preflight import ClusterView, preflight_problems
+from finetune_operator.preflight_fit import with_resolved_sizing
 from finetune_operator.settings import OperatorSettings
 from finetune_operator.status import desired_status, job_failed, pod_failure_reason, status_patch, transition_events
-from finetune_operator.updates import config_map_patch, plan_job, replacement_job, updated_job
+from finetune_operator.updates import plan_job, replacement_job, updated_job
 
 FTJ = (API_GROUP, API_VERSION, PLURAL)
 log = logging.getLogger("finetune_operator")
@@ -165,12 +166,7 @@ def _apply_change(parent: Parent, children: list[dict[str, Any]], job: dict[str,
     if plan.action == "none":
         return job, ""
     # A change may need a child the job did not have (the Service of a job grown to several nodes).
-    kube.create_all(children[:-1])
-    config_map = children[0]
-    current = kube.read_config_map(parent.namespace, config_map["metadata"]["name"])
-    patch = config_map_patch(current or {}, config_map)
-    if patch is not None:
-        kube.patch_config_map(parent.namespace, config_map["metadata"]["name"], patch)
+    preflight_run.ensure_children(parent, children)
     name = desired["metadata"]["name"]
     if plan.action == "suspend":
         return kube.patch_job(parent.namespace, name, {"spec": {"suspend": True}}), plan.reason
@@ -216,10 +212,13 @@ def _reconcile(body: dict[str, Any], is_new: bool, retry: int = 0) -> None:
                 _sync_status(ref, known, None, _spec_topology(body), waiting_for=problems)
                 delay = preflight_retry_delay(retry)
                 raise kopf.TemporaryError(f"preflight: {problems[0]}; checking again in {delay:.0f}s", delay=delay)
+            children = _preflight_pod_step(ref, known, parent, spec, children, body, retry)
             job = _create(parent, children)
             if job is None and (job := kube.read_job(parent.namespace, name)) is not None:
                 job, pending = _apply_change(parent, children, job)
         else:
+            if (sized := with_resolved_sizing(spec, job)) is not spec:  # keeps the sizing it was created with
+                children = build_children(parent, sized, SETTINGS)
             job, pending = _apply_change(parent, children, job)
         _sync_status(ref, known, job, (spec.resources.nodes, spec.resources.gpus_per_node))
         if pending or job is None:
@@ -229,6 +228,26 @@ def _reconcile(body: dict[str, Any], is_new: bool, retry: int = 0) -> None:
         raise kopf.TemporaryError(f"API server error {err.status}: {err.reason}", delay=10) from err
     finally:
         metrics.RECONCILE_SECONDS.observe(time.monotonic() - started)
+
+
+def _preflight_pod_step(
+    ref: dict[str, Any],
+    known: _Known,
+    parent: Parent,
+    spec: FineTuneJobSpec,
+    children: list[dict[str, Any]],
+    body: dict[str, Any],
+    retry: int,
+) -> list[dict[str, Any]]:
+    """The children to create once the preflight pod and the fit check pass; else stall or wait (TemporaryError)."""
+    step = preflight_run.before_job(parent, spec, children, SETTINGS, lambda s: build_children(parent, s, SETTINGS))
+    if step.estimate is not None:
+        kube.patch_status(parent.namespace, parent.name, {"memoryEstimate": wire(step.estimate)})
+    if step.children is not None:
+        return step.children
+    _sync_status(ref, known, None, _spec_topology(body), waiting_for=step.waiting or None)
+    delay = preflight_retry_delay(retry) if step.retry_in is None else step.retry_in
+    raise kopf.TemporaryError(f"preflight: {(step.waiting or [step.reason])[0]}", delay=delay)
 
 
 def _spec_topology(body: dict[str, Any]) -> tuple[int, int]:

@@ -69,6 +69,7 @@ _CREATE: dict[str, Callable[[str, dict[str, Any]], Any]] = {
     "Role": lambda ns, body: _rbac().create_namespaced_role(ns, body, _preload_content=False),
     "RoleBinding": lambda ns, body: _rbac().create_namespaced_role_binding(ns, body, _preload_content=False),
     "Job": lambda ns, body: _batch().create_namespaced_job(ns, body, _preload_content=False),
+    "Pod": lambda ns, body: _core().create_namespaced_pod(ns, body, _preload_content=False),
 }
 
 
@@ -141,6 +142,25 @@ def list_pods(namespace: str, selector: str) -> list[dict[str, Any]]:
     """Pods matching a label selector."""
     out = _json(_core().list_namespaced_pod(namespace, label_selector=selector, _preload_content=False))
     return list(out.get("items") or [])
+
+
+def read_pod(namespace: str, name: str) -> dict[str, Any] | None:
+    """The Pod, or None when it does not exist."""
+    return _absent_is_none(lambda: _core().read_namespaced_pod(name, namespace, _preload_content=False))
+
+
+def delete_pod(namespace: str, name: str) -> None:
+    """Delete a Pod now (gone already is fine)."""
+    try:
+        _core().delete_namespaced_pod(name, namespace, grace_period_seconds=0)
+    except ApiException as err:
+        if err.status != 404:
+            raise
+
+
+def list_nodes() -> list[dict[str, Any]]:
+    """Every Node (labels, taints and allocatable decide where a job can land)."""
+    return list(_json(_core().list_node(_preload_content=False)).get("items") or [])
 
 
 def pvc_exists(namespace: str, name: str) -> bool:

@@ -19,6 +19,10 @@ class OperatorSettings:
     # Uid the trainer runs as; the trainer image creates this user.
     run_as_user: int = 1000
     extra_labels: dict[str, str] = field(default_factory=dict)
+    # Run the CPU preflight pod (model access, data, S3 output, GPU fit) before each Job is created.
+    preflight_pod: bool = False
+    # GPU memory for the fit check where no node the job can land on has the nvidia.com/gpu.memory label.
+    default_gpu_memory: str | None = None
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> OperatorSettings:
@@ -32,4 +36,6 @@ class OperatorSettings:
             default_s3_credentials_secret=e.get("FTJ_DEFAULT_S3_CREDENTIALS_SECRET") or None,
             master_port=int(e.get("FTJ_MASTER_PORT", base.master_port)),
             run_as_user=int(e.get("FTJ_RUN_AS_USER", base.run_as_user)),
+            preflight_pod=e.get("FTJ_PREFLIGHT_POD", "").lower() in ("1", "true", "yes"),
+            default_gpu_memory=e.get("FTJ_DEFAULT_GPU_MEMORY") or None,
         )

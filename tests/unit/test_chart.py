@@ -68,7 +68,8 @@ EXPECTED_NAMESPACED_RULES = [
     },
     {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "create", "patch"]},
     {"apiGroups": [""], "resources": ["services", "serviceaccounts"], "verbs": ["create"]},
-    {"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]},
+    # list: restart reasons; get, create, delete: the CPU preflight pod.
+    {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "create", "delete"]},
     # Preflight: the PVC, Secrets (their keys) and Kueue LocalQueue a job names, before its Job exists.
     {"apiGroups": [""], "resources": ["persistentvolumeclaims", "secrets"], "verbs": ["get"]},
     {"apiGroups": ["kueue.x-k8s.io"], "resources": ["localqueues"], "verbs": ["get"]},
@@ -81,6 +82,8 @@ EXPECTED_CLUSTER_RULES = [
     {"apiGroups": ["apiextensions.k8s.io"], "resources": ["customresourcedefinitions"], "verbs": ["list", "watch"]},
     {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["list", "watch"]},
     {"apiGroups": ["scheduling.k8s.io"], "resources": ["priorityclasses"], "verbs": ["get"]},
+    # The fit check reads the nvidia.com/gpu.memory label of the nodes a job can land on.
+    {"apiGroups": [""], "resources": ["nodes"], "verbs": ["list"]},
     {"apiGroups": ["kopf.dev"], "resources": ["clusterkopfpeerings"], "verbs": ["get", "list", "watch", "patch"]},
 ]
 

@@ -2,6 +2,7 @@
 
     python -m finetune_trainer run --config job.yaml --output-dir /outputs
     python -m finetune_trainer validate --config job.yaml [--gpu-memory 80Gi]
+    python -m finetune_trainer preflight --config job.yaml
 
 ``--config`` takes a whole FineTuneJob manifest or a bare spec. ``run`` works unchanged under
 ``torchrun --nproc-per-node N`` and ``accelerate launch``: every process runs it and only
@@ -51,6 +52,12 @@ def _parser() -> argparse.ArgumentParser:
         help="memory of one GPU (e.g. 80Gi, 40G, 81559Mi): print the per-GPU memory estimate and whether the job fits "
         "(default: spec.resources.gpuMemory; without either no estimate is printed)",
     )
+    preflight = commands.add_parser(
+        "preflight",
+        help="check model access, the data and the S3 output without the weights; print a JSON verdict "
+        "(what the operator's CPU preflight pod runs)",
+    )
+    preflight.add_argument("--config", required=True, help="FineTuneJob YAML (manifest or bare spec)")
     return parser
 
 
@@ -66,24 +73,12 @@ def validate_command(config: str, gpu_memory: str | None = None) -> int:
     With a GPU memory size (``--gpu-memory`` or spec.resources.gpuMemory) also print the memory estimate
     table; a job that does not fit ends with the config exit code.
     """
-    import datasets
+    from finetune_trainer.engine import resolve_model_location
+    from finetune_trainer.preflight import check_data
 
-    from finetune_trainer.data import load_datasets
-    from finetune_trainer.engine import load_tokenizer, resolve_model_location
-    from finetune_trainer.methods import get_method
-    from finetune_trainer.tasks import get_task
-    from finetune_trainer.tasks.base import ChecksWithTokenizer
-
-    datasets.disable_progress_bars()
     spec = load_spec_file(config)
-    task = get_task(spec.task.type)
-    get_method(spec.method.type)
-    splits = load_datasets(spec)
-    task.check_dataset(spec, splits)
-    if isinstance(task, ChecksWithTokenizer):
-        # Tokenizer only (small files): never the model weights.
-        model_path = resolve_model_location(spec.model, spec.output.s3)
-        task.check_with_tokenizer(spec, splits, load_tokenizer(spec, model_path))
+    # Tokenizer only (small files): never the model weights.
+    splits = check_data(spec, lambda: resolve_model_location(spec.model, spec.output.s3))
     rows = ", ".join(f"{name} {len(split)} rows" for name, split in splits.items())
     print(f"OK: {spec.task.type} with {spec.method.type}; {rows}")
     memory = gpu_memory or spec.resources.gpu_memory
@@ -133,6 +128,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "validate":
             return validate_command(args.config, args.gpu_memory)
+        if args.command == "preflight":
+            from finetune_trainer.preflight import preflight_command
+
+            return preflight_command(args.config)
         return run_command(args.config, args.output_dir)
     except InvalidSpec as err:
         print(f"config error: {err}", file=sys.stderr)

@@ -1,0 +1,132 @@
+"""The last step before the GPU Job: the CPU preflight pod, then the GPU-memory fit against the nodes.
+
+Called by the reconcile handler while no Job exists (after the cluster-object checks of
+:mod:`finetune_operator.preflight`). Each call looks at what exists and takes one step: create the
+job's ConfigMap and identity and start the preflight pod; wait for it; read its verdict. Problems
+stall the job with their field paths; an unreachable service is checked again with backoff (never a
+failure); a job that does not fit the GPUs of the nodes it can land on is stalled with computed
+alternatives; ``training.sizing: auto`` is resolved for those GPUs. Only then does the Job exist.
+
+A suspended job, and one that waits in a Kueue queue, gets no preflight pod: its Job is created
+suspended as before, and nothing of the job runs until it is resumed or admitted.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from finetune_api.model_shapes import EstimateUnavailable
+from finetune_api.sizing import estimate_status, fit_report
+from finetune_api.spec import FineTuneJobSpec
+from finetune_api.status import MemoryEstimate
+from finetune_operator import kube
+from finetune_operator.builders import Parent
+from finetune_operator.preflight_fit import RESOLVED_ANNOTATION, fit_problem, gpu_memory_for, resolved_sizing, runs_as
+from finetune_operator.preflight_pod import build_preflight_pod, pod_generation, pod_outcome, preflight_pod_name
+from finetune_operator.settings import OperatorSettings
+from finetune_operator.updates import config_map_patch
+
+log = logging.getLogger("finetune_operator")
+POLL_SECONDS = 3.0
+
+Build = Callable[[FineTuneJobSpec], list[dict[str, Any]]]
+
+
+@dataclass(frozen=True)
+class Step:
+    """What to do now: create ``children`` (the Job last), or stall on ``waiting``, or look again later."""
+
+    children: list[dict[str, Any]] | None = None
+    waiting: list[str] = field(default_factory=list)  # stall lines: 'spec.field: what and the fix'
+    reason: str = ""  # why not yet, when neither
+    retry_in: float | None = POLL_SECONDS  # None: the stall backoff of a missing object
+    estimate: MemoryEstimate | None = None
+
+
+# Consecutive unreachable verdicts per (namespace, name, generation): the backoff of the transient case.
+_unreachable: dict[tuple[str, str, int], int] = {}
+
+
+def unreachable_delay(attempt: int) -> float:
+    """Seconds before a preflight that could not reach a service runs again: 10 s doubling to 5 min."""
+    return float(min(10 * 2**attempt, 300))
+
+
+def ensure_children(parent: Parent, children: list[dict[str, Any]]) -> None:
+    """Every child but the Job, as the current spec renders them (missing ones created, the ConfigMap patched)."""
+    kube.create_all(children[:-1])
+    config_map = children[0]
+    current = kube.read_config_map(parent.namespace, config_map["metadata"]["name"])
+    patch = config_map_patch(current or {}, config_map)
+    if patch is not None:
+        kube.patch_config_map(parent.namespace, config_map["metadata"]["name"], patch)
+
+
+def before_job(
+    parent: Parent, spec: FineTuneJobSpec, children: list[dict[str, Any]], settings: OperatorSettings, build: Build
+) -> Step:
+    """One step of the pod preflight and fit check for a job whose Job does not exist yet."""
+    rp = spec.run_policy
+    if not settings.preflight_pod or rp.suspend or rp.queue_name:
+        return Step(children)
+    job = children[-1]
+    name = preflight_pod_name(job["metadata"]["name"])
+    pod = kube.read_pod(parent.namespace, name)
+    if pod is not None and pod_generation(pod) != parent.generation:
+        kube.delete_pod(parent.namespace, name)  # it checked an older spec
+        pod = None
+    if pod is None:
+        ensure_children(parent, children)
+        kube.create(build_preflight_pod(job, parent.generation))
+        return Step(reason="the preflight pod started: checking model access, data and the S3 output")
+    outcome = pod_outcome(pod)
+    if not outcome.done:
+        return Step(reason=outcome.waiting)
+    kube.delete_pod(parent.namespace, name)  # the next look runs a fresh one
+    key = (parent.namespace, parent.name, parent.generation)
+    result = outcome.result
+    if result is None or result.unreachable:
+        attempt = _unreachable.get(key, 0)
+        _unreachable[key] = attempt + 1
+        delay = unreachable_delay(attempt)
+        what = result.unreachable if result is not None else outcome.waiting
+        line = f"could not finish ({what}); not a failure of the job: checked again in {delay:.0f}s"
+        return Step(waiting=[line], retry_in=delay)
+    _unreachable.pop(key, None)
+    if result.problems:
+        return Step(waiting=list(result.problems), retry_in=None)
+    return _fit(parent, spec, children, settings, build, result.model_config)
+
+
+def _fit(
+    parent: Parent,
+    spec: FineTuneJobSpec,
+    children: list[dict[str, Any]],
+    settings: OperatorSettings,
+    build: Build,
+    config: dict[str, Any],
+) -> Step:
+    job = children[-1]
+    if spec.resources.gpus_per_node == 0 or not config:
+        return Step(children)
+    memory = gpu_memory_for(spec, job, kube.list_nodes(), settings.default_gpu_memory)
+    if memory is None:
+        log.info("%s/%s: no GPU memory known (label, spec or default): no fit check", parent.namespace, parent.name)
+        return Step(children)
+    try:
+        report = fit_report(spec, config, memory[0])
+    except EstimateUnavailable as err:
+        log.info("%s/%s: memory estimate not available: %s", parent.namespace, parent.name, err)
+        return Step(children)
+    estimate = estimate_status(report, memory[1])
+    if not report.fits:
+        return Step(waiting=[fit_problem(report)], retry_in=None, estimate=estimate)
+    if not report.resolved:
+        return Step(children, estimate=estimate)
+    sized = build(runs_as(report))
+    sized[-1]["metadata"].setdefault("annotations", {})[RESOLVED_ANNOTATION] = resolved_sizing(report.spec)
+    ensure_children(parent, sized)
+    return Step(sized, estimate=estimate)
