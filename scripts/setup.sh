@@ -13,7 +13,7 @@ python="${PYTHON:-python3}"
 }
 [[ -x .venv/bin/python ]] || "$python" -m venv .venv
 .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade "pip==26.3"
-.venv/bin/python -m pip install -q --disable-pip-version-check -c constraints.txt -e ".[operator,trainer,dev]"
+.venv/bin/python -m pip install -q --disable-pip-version-check -c constraints.txt -e ".[operator,trainer,dev,kubectl]"
 # Debian's Chromium and its WebDriver: the dashboard's browser tests drive them (no browser download).
 if ! [[ -x /usr/bin/chromium && -x /usr/bin/chromedriver ]]; then
   if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null; then

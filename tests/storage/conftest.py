@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.cluster.fixture import REPO_ROOT, MinIO, read_env_file
+from tests.storage.full_run import full_run  # noqa: F401  (the shared training run)
 from tests.storage.own_minio import OwnMinIO
 from tests.trainer import tiny
 

@@ -8,35 +8,26 @@ from __future__ import annotations
 import json
 import logging
 import uuid
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from finetune_api.spec import FineTuneJobSpec
 from finetune_api.validation import parse_spec
 from finetune_trainer import engine
 from finetune_trainer.checkpoint_store import MANIFEST, S3CheckpointStore
 from finetune_trainer.errors import ConfigError
 from finetune_trainer.fingerprint import fingerprint, fingerprint_fields
-from finetune_trainer.job_location import JobLocation
 from finetune_trainer.s3_output import FinalUploadError
 from finetune_trainer.s3_types import S3Uri, relative_files
 from finetune_trainer.storage import S3Storage
-from tests.cluster.fixture import Kube, MinIO
-from tests.integration.operator_process import install_crds
+from tests.cluster.fixture import MinIO
+from tests.storage.full_run import FullRun, store_for
 from tests.storage.own_minio import OwnMinIO
 from tests.storage.trainer_runs import s3_output, sentiment_spec, wait_for
 from tests.trainer.tiny import StepCounter
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
-
-
-def store_for(spec: dict[str, Any], environ: dict[str, str] | None = None) -> S3CheckpointStore:
-    parsed = parse_spec(spec)
-    return S3CheckpointStore(S3Storage.for_location(parsed.output.s3), JobLocation.from_spec(parsed, environ or {}))
 
 
 def assert_manifest_matches_s3(store: S3CheckpointStore, manifest: dict[str, Any], tmp_path: Path) -> None:
@@ -49,80 +40,7 @@ def assert_manifest_matches_s3(store: S3CheckpointStore, manifest: dict[str, Any
     assert relative_files(down) == sorted(manifest["files"])
 
 
-# ---- one full run with checkpoints, final artifacts, the merged model and the status ----
-
-
-@dataclass
-class FullRun:
-    spec: FineTuneJobSpec
-    result: engine.RunResult
-    store: S3CheckpointStore
-    status: dict[str, Any]
-    tmp: Path
-
-
-@pytest.fixture(scope="module")
-def full_run(
-    minio: MinIO,
-    kube: Kube,
-    tiny_bert: Path,
-    sentiment_files: dict[str, Path],
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[FullRun]:
-    """A 12-step LoRA run checkpointing every 3 steps (keep 2), merged model on, as job ftj/<ns>/bert-s3."""
-    install_crds(kube)
-    tmp = tmp_path_factory.mktemp("full-run")
-    namespace = f"test-{uuid.uuid4().hex[:8]}"
-    bucket = f"ftj-{uuid.uuid4().hex[:10]}"
-    minio.client().create_bucket(Bucket=bucket)
-    spec = sentiment_spec(
-        tiny_bert,
-        sentiment_files,
-        s3_output(minio.endpoint, bucket, saveMergedModel=True),
-        maxSteps=12,
-        evalStrategy="steps",
-        evalSteps=3,
-        saveStrategy="steps",
-        saveSteps=3,
-        saveTotalLimit=2,
-    )
-    kube.kubectl("create", "namespace", namespace)
-    kube.kubectl(
-        "apply",
-        "-n",
-        namespace,
-        "-f",
-        "-",
-        input={
-            "apiVersion": "finetune.dev/v1alpha1",
-            "kind": "FineTuneJob",
-            "metadata": {"name": "bert-s3"},
-            "spec": spec,
-        },
-    )
-    env = {
-        "AWS_ACCESS_KEY_ID": minio.access_key,
-        "AWS_SECRET_ACCESS_KEY": minio.secret_key,
-        "FTJ_NAME": "bert-s3",
-        "FTJ_NAMESPACE": namespace,
-        "FTJ_STATUS_INTERVAL": "0",
-        "KUBECONFIG": str(kube.kubeconfig),
-    }
-
-    def status_with_model() -> dict[str, Any] | None:
-        status = kube.kubectl_json("get", "finetunejob", "bert-s3", "-n", namespace).get("status", {})
-        return status if status.get("artifacts", {}).get("model") else None
-
-    with pytest.MonkeyPatch.context() as mp:
-        for key, value in env.items():
-            mp.setenv(key, value)
-        result = engine.train(parse_spec(spec), tmp / "out")
-        status = wait_for("status.artifacts.model", status_with_model, timeout=30)
-        run = FullRun(parse_spec(spec), result, store_for(spec, env), status, tmp)
-        yield run
-    kube.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
-    run.store.storage.delete_prefix(S3Uri(bucket, ""))
-    minio.client().delete_bucket(Bucket=bucket)
+# ---- one full run with checkpoints, final artifacts, the merged model and the status (tests/storage/full_run.py) ----
 
 
 def test_every_checkpoint_in_s3_matches_its_manifest(full_run: FullRun) -> None:

@@ -1,0 +1,1 @@
+"""kubectl finetune: the FineTuneJob plugin for kubectl (one module per command group)."""
