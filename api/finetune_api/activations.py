@@ -29,7 +29,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from finetune_api.spec import LoraOptions, PromptTuningOptions
+from finetune_api.spec import LoraOptions, PromptTuningOptions, PTuningOptions
 
 if TYPE_CHECKING:
     from finetune_api.model_shapes import ModelShape
@@ -51,12 +51,14 @@ def resolved_fp32(spec: FineTuneJobSpec) -> bool:
 def tokens_per_step(spec: FineTuneJobSpec) -> tuple[int, int]:
     """(sequences, sequence length) of one micro-batch at the longest: padded or packed to maxSeqLength.
 
-    A preference batch runs chosen and rejected answers together; prompt tuning prepends its tokens.
+    A preference batch runs chosen and rejected answers together; prompt tuning and p-tuning prepend their tokens.
     """
     seqs = spec.training.batch_size_per_device * (2 if spec.task.type == "preference" else 1)
     length = spec.training.max_seq_length
     if spec.method.type == "prompt-tuning":
         length += (spec.method.prompt_tuning or PromptTuningOptions()).num_virtual_tokens
+    elif spec.method.type == "p-tuning":
+        length += (spec.method.p_tuning or PTuningOptions()).num_virtual_tokens
     return seqs, length
 
 

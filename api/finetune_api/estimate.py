@@ -32,6 +32,7 @@ from typing import Any
 from finetune_api.activations import activation_bytes, overhead_bytes, runtime_bytes
 from finetune_api.distributed import resolve_strategy, world_size
 from finetune_api.model_shapes import DEFAULT_LORA_TARGETS, EstimateUnavailable, ModelShape, Param, model_shape
+from finetune_api.peft_shapes import ia3_vectors, prefix_tensors, prompt_encoder_tensors
 from finetune_api.spec import FineTuneJobSpec, FreezeOptions, LoraOptions, PromptTuningOptions, QuantizationOptions
 
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
@@ -150,7 +151,19 @@ def _adapted(param: Param, targets: tuple[str, ...]) -> bool:
     return param.leaf in targets
 
 
-MODELLED_METHODS = ("full", "feature-extraction", "freeze", "lora", "qlora", "prompt-tuning")
+MODELLED_METHODS = (
+    "full",
+    "feature-extraction",
+    "freeze",
+    "lora",
+    "qlora",
+    "prompt-tuning",
+    "ia3",
+    "prefix-tuning",
+    "p-tuning",
+)
+# What peft adds for these methods, from the model's shape: all float32 and trained.
+ADDED_TENSORS = {"ia3": ia3_vectors, "prefix-tuning": prefix_tensors, "p-tuning": prompt_encoder_tensors}
 
 
 def _trains_in_freeze(spec: FineTuneJobSpec, shape: ModelShape, param: Param) -> bool:
@@ -199,6 +212,8 @@ def model_tensors(spec: FineTuneJobSpec, shape: ModelShape) -> list[Tensor]:
     if method == "prompt-tuning":
         tokens = (spec.method.prompt_tuning or PromptTuningOptions()).num_virtual_tokens
         out.append(Tensor((tokens, shape.hidden), "float32", True))
+    if method in ADDED_TENSORS:
+        out += [Tensor(added, "float32", True) for added in ADDED_TENSORS[method](spec, shape)]
     if method == "qlora" and spec.task.type in TRL_TASKS:
         # TRL's SFT and DPO trainers cast the trainable parameters of a quantised model to bfloat16 (as in the
         # paper), all but DoRA's magnitude vectors.

@@ -173,6 +173,9 @@ BERT_METHODS = [
     {"type": "lora", "lora": {"r": 4, "targetModules": ["query", "value", "dense"]}},
     {"type": "lora", "lora": {"r": 4, "targetModules": ["all-linear"], "useDora": True}},
     {"type": "prompt-tuning", "promptTuning": {"numVirtualTokens": 6}},
+    {"type": "ia3"},
+    {"type": "prefix-tuning", "prefixTuning": {"numVirtualTokens": 5}},
+    {"type": "p-tuning", "pTuning": {"numVirtualTokens": 5, "encoderType": "lstm", "encoderHiddenSize": 24}},
 ]
 
 
@@ -190,6 +193,12 @@ LLAMA_METHODS = [
     {"type": "lora", "lora": {"r": 4, "targetModules": ["all-linear"], "modulesToSave": ["embed_tokens"]}},
     {"type": "freeze", "freeze": {"trainableLayers": 1}},
     {"type": "prompt-tuning", "promptTuning": {"numVirtualTokens": 4}},
+    {
+        "type": "ia3",
+        "ia3": {"targetModules": ["k_proj", "v_proj", "up_proj", "down_proj"], "feedforwardModules": ["down_proj"]},
+    },
+    {"type": "prefix-tuning", "prefixTuning": {"numVirtualTokens": 5, "projection": True, "encoderHiddenSize": 24}},
+    {"type": "p-tuning", "pTuning": {"numVirtualTokens": 5}},
 ]
 QLORA_METHODS = [
     {"type": "qlora", "lora": {"r": 8}, "quantization": {"doubleQuant": True}},
@@ -258,9 +267,13 @@ def test_qlora_model_states_are_exact_in_a_real_run(tiny_llama: Path, tmp_path: 
     assert seen["optimizer"] == estimate.model_states.optimizer_states
 
 
-def test_methods_without_a_model_are_refused_not_guessed(tiny_llama: Path) -> None:
+def test_ia3_without_a_default_for_the_architecture_is_refused_not_guessed() -> None:
+    from transformers import XLMRobertaConfig
+
     from finetune_api.model_shapes import EstimateUnavailable
 
-    spec = _llama_spec(tiny_llama, {"type": "ia3"})
-    with pytest.raises(EstimateUnavailable, match=r"method\.type: the memory estimate has no model of ia3"):
-        estimate_memory(spec, _config_of(tiny_llama))
+    spec = _bert_base_spec({"type": "ia3"})
+    config = {**XLMRobertaConfig(vocab_size=1000).to_dict(), "model_type": "roberta"}
+    assert estimate_memory(spec, config).trainable > 0  # roberta has peft's default modules
+    with pytest.raises(EstimateUnavailable, match=r"method\.ia3\.targetModules: no default modules for model type"):
+        estimate_memory(spec, {**config, "model_type": "xlm-roberta"})
