@@ -68,6 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("texts", nargs="+", metavar="TEXT")
     p.add_argument("--passage", default=None, help="question-answering: the passage the answer is taken from")
     p.add_argument("--cache-dir", type=Path, default=None, help="where downloaded artifacts are kept")
+    p.add_argument("--s3-endpoint", default=None, help="S3 as this machine reaches it (default: the job's endpoint)")
     _output(p)
     for verb, what in (("suspend", "suspend jobs"), ("resume", "resume suspended jobs"), ("delete", "delete jobs")):
         p = command(verb, what)
@@ -147,6 +148,7 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser, console: Cons
             context=args.passage,
             cache_dir=args.cache_dir or predict.default_cache_dir(),
             say=console.note,
+            s3_endpoint=args.s3_endpoint,
         )
         console.out(dump(predictions, fmt) if fmt else predict.render_predictions(predictions))
     elif args.command in ("suspend", "resume"):

@@ -197,11 +197,21 @@ def predict(
     context: str | None,
     cache_dir: Path,
     say: Callable[[str], None],
+    s3_endpoint: str | None = None,
 ) -> list[dict[str, Any]]:
-    """Download the job's final model (merged when there is one) and run its task on the texts."""
+    """Download the job's final model (merged when there is one) and run its task on the texts.
+
+    ``s3_endpoint`` replaces spec.output.s3.endpoint: S3 as this machine reaches it, when the pods
+    reach it by an in-cluster name.
+    """
+    import copy
+
     from finetune_api.validation import parse_spec
 
-    spec = parse_spec(job["spec"])
+    raw = copy.deepcopy(job["spec"])
+    if s3_endpoint and (raw.get("output") or {}).get("s3"):
+        raw["output"]["s3"]["endpoint"] = s3_endpoint
+    spec = parse_spec(raw)
     artifacts = (job.get("status") or {}).get("artifacts") or {}
     uri = artifacts.get("mergedModel") or artifacts.get("model")
     if not uri:

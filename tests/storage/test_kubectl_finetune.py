@@ -105,15 +105,33 @@ def test_compare_suspend_resume_delete(capsys: pytest.CaptureFixture[str], kube:
     assert kube.kubectl("get", "ftj", "bert-s3-fast", "-n", trained.namespace, check=False).returncode != 0
 
 
+def set_merged_model(kube: Kube, run: FullRun, uri: str | None) -> None:
+    patch = {"status": {"artifacts": {"mergedModel": uri}}}
+    kube.kubectl(
+        "patch", "ftj", run.name, "-n", run.namespace, "--subresource=status", "--type=merge", "-p", json.dumps(patch)
+    )
+
+
+@pytest.mark.parametrize("artifact", ["merged model", "adapter on its base"])
 def test_predict_with_the_jobs_secret_matches_the_trained_model(
-    capsys: pytest.CaptureFixture[str], kube: Kube, trained: FullRun, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    capsys: pytest.CaptureFixture[str],
+    kube: Kube,
+    trained: FullRun,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    artifact: str,
 ) -> None:
     import torch
 
     for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
         monkeypatch.delenv(key, raising=False)  # only the job's Secret can open the bucket
     args = ["predict", "bert-s3", *SENTENCES, "-n", trained.namespace, "--cache-dir", str(tmp_path), "-o", "json"]
-    code, out, err = plugin(capsys, kube, *args)
+    if artifact == "adapter on its base":
+        set_merged_model(kube, trained, None)  # a job without saveMergedModel: final/ holds the adapter
+    try:
+        code, out, err = plugin(capsys, kube, *args)
+    finally:
+        set_merged_model(kube, trained, trained.status["artifacts"]["mergedModel"])
     assert code == 0, err
     predictions = json.loads(out)
     # An independent computation: the trained model in this process, on the same sentences.
