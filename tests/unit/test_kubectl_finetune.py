@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import tomllib
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from kubectl_finetune.compare import compare, render_compare
 from kubectl_finetune.formatting import duration, progress_bar, strip_ansi
@@ -161,3 +169,29 @@ def test_flags_go_before_or_after_the_command() -> None:
     before = parser.parse_args(["-n", "x", "--context", "c", "status", "job"])
     after = parser.parse_args(["status", "job", "-n", "y"])
     assert (before.namespace, before.context, after.namespace, after.context) == ("x", "c", "y", None)
+
+
+def test_the_krew_manifest_matches_its_archive_and_kubectl_finds_the_plugin(tmp_path: Path) -> None:
+    root = Path(__file__).resolve().parents[2]
+    manifest = yaml.safe_load((root / "krew/finetune.yaml").read_text())
+    version = tomllib.loads((root / "pyproject.toml").read_text())["project"]["version"]
+    assert manifest["metadata"]["name"] == "finetune" and manifest["spec"]["version"] == f"v{version}"
+    check = subprocess.run([sys.executable, "krew/archive.py", "--out", str(tmp_path)], cwd=root, check=False)
+    assert check.returncode == 0, "krew/finetune.yaml's sha256 is not the archive's: run python krew/archive.py --write"
+    with tarfile.open(tmp_path / "kubectl-finetune.tar.gz") as tar:
+        assert tar.getmember(manifest["spec"]["platforms"][0]["bin"]).mode == 0o755
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.skip("no kubectl on PATH")
+    env = {
+        **os.environ,
+        "PATH": f"{root / 'krew'}:{os.environ['PATH']}",
+        "KUBECTL_FINETUNE_PYTHON": sys.executable,
+        "PYTHONPATH": os.pathsep.join(sys.path),
+    }
+    shown = subprocess.run(
+        [kubectl, "finetune", "list", "--help"], env=env, capture_output=True, text=True, check=False
+    )
+    assert shown.returncode == 0 and "usage: kubectl finetune list" in shown.stdout
+    bad = subprocess.run([kubectl, "finetune", "plot"], env=env, capture_output=True, text=True, check=False)
+    assert bad.returncode == 2 and "the following arguments are required: NAME" in bad.stderr
