@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import copy
 import logging
 import random
 
@@ -33,12 +34,30 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+class ObjectFormatter(logging.Formatter):
+    """Prefixes kopf's per-object lines with the object, ``[namespace/name]``: without it the lines of
+    two jobs (or two events of one job) are the same text and read as one line printed twice."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        ref = getattr(record, "k8s_ref", None)
+        if isinstance(ref, dict) and ref.get("name"):
+            record = copy.copy(record)
+            where = f"{ref['namespace']}/{ref['name']}" if ref.get("namespace") else ref["name"]
+            record.msg = f"[{where}] {record.msg}"
+        return super().format(record)
+
+
+def configure_logging(verbose: bool) -> None:
+    """Exactly one handler on the root logger, however often this runs: one a library or an earlier call
+    installed is replaced, not added to (two handlers print every line twice)."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(ObjectFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=[handler], force=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging(args.verbose)
     from finetune_operator import handlers  # noqa: F401  (registers the handlers)
 
     if args.metrics_port:
