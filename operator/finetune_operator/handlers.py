@@ -32,7 +32,7 @@ from finetune_operator.preflight import ClusterView, preflight_problems
 from finetune_operator.preflight_fit import with_resolved_sizing
 from finetune_operator.settings import OperatorSettings
 from finetune_operator.status import desired_status, job_failed, pod_failure_reason, status_patch, transition_events
-from finetune_operator.updates import plan_job, replacement_job, updated_job
+from finetune_operator.updates import plan_job, replacement_job, updated_job, with_failures_carried
 
 FTJ = (API_GROUP, API_VERSION, PLURAL)
 log = logging.getLogger("finetune_operator")
@@ -147,9 +147,13 @@ def _sync_status(
     metrics.observe_phase(meta["namespace"], meta["name"], new.phase)
 
 
-def _create(parent: Parent, children: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """Create what is missing: the independent children in parallel, then the Job (its pods need them)."""
+def _create(parent: Parent, children: list[dict[str, Any]], restarts: int) -> dict[str, Any] | None:
+    """Create what is missing: the independent children in parallel, then the Job (its pods need them).
+
+    ``restarts``: the status' count, carried over when an earlier Job of this job is gone (deleted
+    after a refused change, or by hand), so restarts and the backoffLimit budget do not start again."""
     *others, job = children
+    job = with_failures_carried(job, restarts)
     for manifest, created in zip(others, kube.create_all(others), strict=True):
         if created:
             metrics.CHILDREN_CREATED.labels(kind=manifest["kind"]).inc()
@@ -213,7 +217,7 @@ def _reconcile(body: dict[str, Any], is_new: bool, retry: int = 0) -> None:
                 delay = preflight_retry_delay(retry)
                 raise kopf.TemporaryError(f"preflight: {problems[0]}; checking again in {delay:.0f}s", delay=delay)
             children = _preflight_pod_step(ref, known, parent, spec, children, body, retry)
-            job = _create(parent, children)
+            job = _create(parent, children, int(known.status.get("restarts") or 0))
             if job is None and (job := kube.read_job(parent.namespace, name)) is not None:
                 job, pending = _apply_change(parent, children, job)
         else:

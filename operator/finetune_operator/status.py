@@ -75,7 +75,9 @@ def _job_state(name: str, nodes: int, job: dict[str, Any], restarts: int, last_f
     js = job.get("status") or {}
     if _job_condition(job, "Complete") is not None:
         return _State("Succeeded", "Succeeded", "Completed", "training finished")
-    failed = _job_condition(job, "Failed")
+    # FailureTarget / SuccessCriteriaMet: the Job controller has decided, and adds Failed / Complete once
+    # the pods have terminated. Until then no pod is ready, which must not read as Pending.
+    failed = _job_condition(job, "Failed") or _job_condition(job, "FailureTarget")
     if failed is not None:
         reason = failed.get("reason") or "Failed"
         template = _JOB_FAILURE_MESSAGES.get(reason)
@@ -87,6 +89,9 @@ def _job_state(name: str, nodes: int, job: dict[str, Any], restarts: int, last_f
         message = "suspended (runPolicy.suspend); set it to false to resume from the last checkpoint"
         return _State("Suspended", "Suspended", "Suspended", message)
     ready = int(js.get("ready") or 0)
+    succeeded = int(js.get("succeeded") or 0) + len((js.get("uncountedTerminatedPods") or {}).get("succeeded") or [])
+    if _job_condition(job, "SuccessCriteriaMet") is not None or (ready == 0 and succeeded >= nodes):
+        return _State("Running", "Running", "Completing", f"training finished on {nodes}/{nodes} pods; completing")
     if ready > 0:
         after = f" after {restarts} restarts" if restarts else ""
         return _State("Running", "Running", "PodsRunning", f"training on {ready}/{nodes} pods{after}")
@@ -117,7 +122,7 @@ def desired_status(
     applied to the Job, not when the change is made.
     """
     observed = generation
-    restarts = 0
+    restarts: int | None = None  # known only from a Job: without one, the status keeps its count
     start_time: str | None = None
     completion_time: str | None = None
     if problems:
@@ -163,16 +168,16 @@ def desired_status(
                 update={"reason": "SpecChanging", "message": f"applying spec generation {generation} to the Job"}
             )
         ]
-    return FineTuneJobStatus(
+    status = FineTuneJobStatus(
         observed_generation=observed,
         phase=state.phase,
         conditions=conditions,
-        restarts=restarts,
         topology=f"{nodes}x{gpus_per_node}",
         message=state.message,
         start_time=start_time,
         completion_time=completion_time,
     )
+    return status if restarts is None else status.model_copy(update={"restarts": restarts})
 
 
 def merge_conditions(old: list[dict[str, Any]], new: list[Condition]) -> list[Condition]:

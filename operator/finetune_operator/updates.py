@@ -103,7 +103,9 @@ def updated_job(actual: dict[str, Any], desired: dict[str, Any], *, template: bo
     for field in _LIVE_FIELDS:
         if field == "suspend" and queued and not want.get("suspend"):
             continue
-        if field in want:
+        if field == "backoffLimit" and field in want:
+            spec[field] = remaining_backoff(int(want[field]), previous_failures(actual))
+        elif field in want:
             spec[field] = want[field]
         else:
             spec.pop(field, None)
@@ -119,13 +121,27 @@ def updated_job(actual: dict[str, Any], desired: dict[str, Any], *, template: bo
     return job
 
 
+def remaining_backoff(backoff_limit: int, failed_before: int) -> int:
+    """The Job's backoffLimit when earlier Jobs of the same FineTuneJob already failed ``failed_before``
+    times: runPolicy.backoffLimit is the budget of the whole job, not of each Job the operator creates."""
+    return max(0, backoff_limit - failed_before)
+
+
+def with_failures_carried(desired: dict[str, Any], failed_before: int) -> dict[str, Any]:
+    """The Job manifest ``desired`` for a job whose earlier Jobs failed ``failed_before`` times: the count
+    as an annotation (restarts keep counting from it) and the retry budget reduced by it."""
+    job = copy.deepcopy(desired)
+    if failed_before > 0:
+        job["metadata"].setdefault("annotations", {})[PREVIOUS_FAILURES_ANNOTATION] = str(failed_before)
+        if "backoffLimit" in job["spec"]:
+            job["spec"]["backoffLimit"] = remaining_backoff(int(job["spec"]["backoffLimit"]), failed_before)
+    return job
+
+
 def replacement_job(actual: dict[str, Any], desired: dict[str, Any]) -> dict[str, Any]:
     """The Job to create in place of ``actual``, carrying its pod failures over as restarts."""
-    job = copy.deepcopy(desired)
     failed = previous_failures(actual) + int((actual.get("status") or {}).get("failed") or 0)
-    if failed:
-        job["metadata"].setdefault("annotations", {})[PREVIOUS_FAILURES_ANNOTATION] = str(failed)
-    return job
+    return with_failures_carried(desired, failed)
 
 
 def config_map_patch(actual: dict[str, Any], desired: dict[str, Any]) -> dict[str, Any] | None:

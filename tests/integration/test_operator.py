@@ -126,6 +126,10 @@ def test_job_runs_to_succeeded_with_children_conditions_and_events(
 ) -> None:
     kube, ns = operator.kube, kube_namespace
     kube.kubectl("apply", "-n", ns, "-f", "-", input=with_pods(ftj("ok"), delay="6s"))
+    # Every phase the status goes through, from a watch (polling could miss a short one).
+    argv = [kube.kubectl_path, "--kubeconfig", str(kube.kubeconfig), "get", "ftj", "ok", "-n", ns, "-w"]
+    argv += ["-o", 'jsonpath={.status.phase}{"\\n"}']
+    watch = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, env=kube.env)
     parent = get(kube, ns, "ftj", "ok")
     job = wait_for("the trainer Job", lambda: get(kube, ns, "job", "ok"))
     for kind, name in (
@@ -149,6 +153,11 @@ def test_job_runs_to_succeeded_with_children_conditions_and_events(
     wait_for("phase Running", lambda: phase(kube, ns, "ok") == "Running", timeout=30)
 
     kube.kubectl("wait", "--for=condition=Succeeded", "ftj/ok", "-n", ns, "--timeout=90s")
+    watch.terminate()
+    seen = [p for p in (watch.communicate(timeout=10)[0] or "").split() if p]
+    phases = [p for i, p in enumerate(seen) if i == 0 or p != seen[i - 1]]
+    # Pending before the pods run, never again after: the last pod finishing is not "pods pending".
+    assert phases[phases.index("Running") :] == ["Running", "Succeeded"], seen
     final = get(kube, ns, "ftj", "ok")
     status = final["status"]
     assert status["phase"] == "Succeeded" and status["observedGeneration"] == final["metadata"]["generation"]

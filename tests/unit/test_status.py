@@ -203,3 +203,37 @@ def test_phase_gauge_counts_each_job_once_in_its_current_phase() -> None:
     metrics.forget("gauge-test", "a")
     metrics.forget("gauge-test", "b")
     assert {p: gauge(p) for p in metrics.PHASES} == before
+
+
+def test_the_last_pod_finishing_goes_from_running_to_succeeded_without_pending() -> None:
+    # The Job as the Job controller writes it after the trainer's last step, one update at a time.
+    updates = [
+        _job(active=2, ready=2, startTime="t0"),
+        _job(active=1, ready=1, succeeded=1, startTime="t0"),
+        _job(active=0, ready=0, succeeded=1, uncountedTerminatedPods={"succeeded": ["uid-0"]}, startTime="t0"),
+        _job(active=0, ready=0, succeeded=2, startTime="t0", conditions=[{"type": "SuccessCriteriaMet"}]),
+        _job(succeeded=2, completionTime="t1", conditions=[{"type": "SuccessCriteriaMet"}, {"type": "Complete"}]),
+    ]
+    statuses = [_status(job) for job in updates]
+    assert [s["phase"] for s in statuses] == ["Running", "Running", "Running", "Running", "Succeeded"]
+    reasons = [
+        e.reason for old, new in zip([{}, *statuses], statuses, strict=False) for e in transition_events(old, new)
+    ]
+    assert reasons == ["Created", "Started", "Succeeded"]
+
+
+def test_a_job_the_controller_marked_to_fail_is_failed_while_its_pods_terminate() -> None:
+    job = _job(active=0, ready=0, failed=4, conditions=[{"type": "FailureTarget", "reason": "BackoffLimitExceeded"}])
+    status = _status(job)
+    assert status["phase"] == "Failed" and status["message"].startswith("BackoffLimitExceeded")
+
+
+def test_a_pod_being_replaced_after_a_failure_is_pending() -> None:
+    assert _status(_job(active=2, ready=0, failed=1, startTime="t0"))["phase"] == "Pending"
+
+
+def test_without_a_job_the_status_keeps_its_restart_count() -> None:
+    # Between a Job's deletion and its replacement's creation nothing may write restarts 0.
+    typed = desired_status(name="j", generation=4, nodes=2, gpus_per_node=8, job=None, timestamp="t0")
+    patch = status_patch({"restarts": 3, "phase": "Running"}, typed)
+    assert patch is not None and "restarts" not in patch

@@ -19,6 +19,7 @@ from finetune_operator.updates import (
     plan_job,
     replacement_job,
     updated_job,
+    with_failures_carried,
 )
 from tests.invalid_specs import BASE
 
@@ -157,3 +158,29 @@ def test_a_replacement_job_carries_the_failures_over() -> None:
 )
 def test_config_map_patch(have: dict[str, str], want: dict[str, str], patch: dict[str, Any] | None) -> None:
     assert config_map_patch({"data": have}, {"data": want}) == patch
+
+
+def test_a_replacement_job_gets_what_is_left_of_the_retry_budget() -> None:
+    old = _live(_job(1, runPolicy={"suspend": True, "backoffLimit": 5}), failed=2)
+    old["metadata"]["annotations"][PREVIOUS_FAILURES_ANNOTATION] = "1"
+    new = replacement_job(old, _job(2, runPolicy={"backoffLimit": 5}, resources={"nodes": 2}))
+    assert new["spec"]["backoffLimit"] == 5 - 3
+    spent = replacement_job(_live(_job(1), failed=9), _job(2))
+    assert spent["spec"]["backoffLimit"] == 0
+
+
+def test_a_job_created_again_carries_the_status_restarts_and_budget() -> None:
+    # The old Job was already gone when the operator looked again: the status' count is all there is.
+    desired = _job(2, runPolicy={"backoffLimit": 4})
+    job = with_failures_carried(desired, 3)
+    assert job["spec"]["backoffLimit"] == 1
+    assert job["metadata"]["annotations"][PREVIOUS_FAILURES_ANNOTATION] == "3"
+    assert with_failures_carried(desired, 0) == desired
+    assert desired["spec"]["backoffLimit"] == 4  # not modified in place
+
+
+def test_a_live_change_to_a_replaced_job_keeps_the_budget_spent() -> None:
+    replaced = _live(with_failures_carried(_job(2, runPolicy={"backoffLimit": 4}), 3), active=1)
+    put = updated_job(replaced, _job(3, runPolicy={"backoffLimit": 6, "activeDeadlineSeconds": 600}), template=False)
+    assert put["spec"]["backoffLimit"] == 6 - 3
+    assert put["metadata"]["annotations"][PREVIOUS_FAILURES_ANNOTATION] == "3"
