@@ -314,6 +314,30 @@ def test_resources_change_while_suspended_is_applied_on_resume(operator: Operato
     _delete_and_wait(kube, ns, "grow")
 
 
+def test_restarts_and_the_retry_budget_span_a_recreated_job(operator: OperatorProcess, kube_namespace: str) -> None:
+    kube, ns = operator.kube, kube_namespace
+    manifest = with_pods(
+        ftj("budget", resources={"nodes": 1}, runPolicy={"backoffLimit": 2}), result="Failed", delay="1s"
+    )
+    kube.kubectl("apply", "-n", ns, "-f", "-", input=manifest)
+    first = wait_for("a first failure", lambda: (j := get(kube, ns, "job", "budget"))["status"].get("failed") and j)
+    _merge_patch(kube, ns, "budget", {"runPolicy": {"suspend": True}})  # within the Job's 10 s retry backoff
+    wait_for("phase Suspended", lambda: phase(kube, ns, "budget") == "Suspended")
+    failed_before = int(get(kube, ns, "job", "budget")["status"].get("failed") or 0)
+    wait_for("restarts counted", lambda: get(kube, ns, "ftj", "budget")["status"].get("restarts") == failed_before)
+
+    # More nodes: the Job is recreated; it gets what is left of runPolicy.backoffLimit, not all of it again.
+    _merge_patch(kube, ns, "budget", {"resources": {"nodes": 2}, "runPolicy": {"suspend": False}})
+    uid = first["metadata"]["uid"]
+    job = wait_for("the new Job", lambda: (j := get(kube, ns, "job", "budget"))["metadata"]["uid"] != uid and j)
+    assert job["spec"]["backoffLimit"] == 2 - failed_before
+    kube.kubectl("wait", "--for=condition=Failed", "ftj/budget", "-n", ns, "--timeout=120s")
+    final = get(kube, ns, "job", "budget")
+    status = get(kube, ns, "ftj", "budget")["status"]
+    assert status["restarts"] == failed_before + int(final["status"]["failed"]) > failed_before
+    assert status["message"].startswith("BackoffLimitExceeded")
+
+
 def test_delete_garbage_collects_children(operator: OperatorProcess, kube_namespace: str) -> None:
     kube, ns = operator.kube, kube_namespace
     kube.kubectl("apply", "-n", ns, "-f", "-", input=with_pods(ftj("gone"), delay="60s"))
