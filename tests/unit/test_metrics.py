@@ -11,6 +11,8 @@ from typing import Any
 import pytest
 from prometheus_client import REGISTRY
 
+from finetune_api.spec import wire
+from finetune_api.status import FineTuneJobStatus, History, Progress, TrainPoint
 from finetune_operator import metrics
 from finetune_operator.metrics import Sample, job_samples
 
@@ -61,6 +63,21 @@ def test_a_running_job_exports_every_gauge_from_its_status() -> None:
         ("finetune_job_eval_metric", "eval_accuracy"): 0.91,
         ("finetune_job_eval_metric", "eval_loss"): 0.27,
     }
+
+
+def test_gauges_read_the_fields_the_typed_status_writes() -> None:
+    # Built through the models the trainer and operator write with: the wire names must match.
+    typed = FineTuneJobStatus(
+        phase="Running",
+        progress=Progress(step=7, total_steps=28, loss=0.5, eta_seconds=30),
+        metrics={"eval_f1": 0.8},
+        history=History(train=[TrainPoint(step=7, first_step=6, tokens_per_second=321.0)]),
+    )
+    got = {(s.metric, s.label): s.value for s in job_samples(wire(typed, only_set=True))}
+    assert got[("finetune_job_progress_ratio", None)] == 0.25
+    assert got[("finetune_job_tokens_per_second", None)] == 321.0
+    assert got[("finetune_job_eta_seconds", None)] == 30
+    assert got[("finetune_job_eval_metric", "eval_f1")] == 0.8
 
 
 def test_values_the_status_lacks_are_absent_not_zero() -> None:
