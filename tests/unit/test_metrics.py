@@ -174,6 +174,8 @@ def _panels(dashboard: dict[str, Any]) -> list[dict[str, Any]]:
 
 def test_every_dashboard_query_names_an_exported_metric() -> None:
     dashboard = json.loads(DASHBOARD.read_text())
+    ids = [p["id"] for p in _panels(dashboard)]
+    assert len(ids) == len(set(ids)), "panel ids repeat"
     exported = _exported()
     queries = [t["expr"] for p in _panels(dashboard) for t in p.get("targets", [])]
     for var in dashboard["templating"]["list"]:
