@@ -1,5 +1,5 @@
-"""End-to-end fixtures: the real node with the project's images, and the ``node_agent`` (the cluster
-fixtures come from the root conftest)."""
+"""End-to-end fixtures: the real node with the project's images (the cluster fixtures come from the
+root conftest)."""
 
 from __future__ import annotations
 
@@ -8,10 +8,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.e2e.agent_fixture import node_agent
 from tests.e2e.real_node import RealNode, hold_node_lock, start_node
 
-__all__ = ["node_agent", "real_node"]
+__all__ = ["real_node"]
 
 
 @pytest.fixture(scope="session")

@@ -199,6 +199,14 @@ def _print_status(status: dict[str, Any]) -> None:
 
 
 def main() -> int:
+    from tests.e2e.real_node import LOCK, hold_node_lock
+
+    print(f"==> taking the machine's real-node lock {LOCK} (waits while a test session uses the node)", flush=True)
+    with hold_node_lock():  # no test session restarts the node for its own cluster meanwhile
+        return demo()
+
+
+def demo() -> int:
     from tests.cluster.fixture import read_env_file, run_dir
     from tests.e2e.real_node import start_node
 
@@ -242,7 +250,13 @@ def main() -> int:
         return 1
     model = (status.get("artifacts") or {}).get("model")
     print(f"==> done: the model is at {model} (MinIO {minio.endpoint}, bucket {bucket})")
-    print(f"    the cluster and the operator keep running: kubectl --kubeconfig {kube.kubeconfig} get ftj -A")
+    operator = kube.kubectl_json("get", "pods", "-n", "finetune-system")["items"]
+    running = [p["metadata"]["name"] for p in operator if p["status"].get("phase") == "Running"]
+    if not running:
+        print("demo: the operator's pod is not Running (kubectl get pods -n finetune-system)", file=sys.stderr)
+        return 1
+    print(f"    the cluster and the operator ({running[0]}, Running on {node.name}) keep running:")
+    print(f"    kubectl --kubeconfig {kube.kubeconfig} get ftj -A;  tests/cluster/down.sh stops everything")
     return 0
 
 

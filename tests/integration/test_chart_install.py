@@ -1,7 +1,7 @@
 """The Helm chart against the local API server: install, upgrade and uninstall.
 
 The operator's pod lands on a KWOK node here (it is not run; the end-to-end tests run
-it for real on the node agent): this checks what Helm and the API server make of the
+it for real on the real node): this checks what Helm and the API server make of the
 chart - objects accepted, the Deployment available, an upgrade rolled out, nothing left
 behind but the CRDs.
 """
