@@ -2,7 +2,7 @@
 
 The pod runs ``python -m finetune_trainer preflight`` in the trainer image with everything a trainer
 pod has that decides access (ServiceAccount, Secret-backed env, the job's ConfigMap and volumes,
-security context), and nothing that holds a GPU: no GPU request, no nodeSelector, tolerations or
+security context, tolerations), and nothing that holds a GPU: no GPU request, no nodeSelector, affinity or
 priority class of the GPU pods, no Kueue label (it is not the job's workload). Its verdict comes back
 in the container's termination message (:class:`finetune_api.preflight.PreflightResult`).
 """
@@ -47,7 +47,8 @@ def build_preflight_pod(job: Mapping[str, Any], generation: int) -> dict[str, An
         "terminationMessagePolicy": "FallbackToLogsOnError",
         "volumeMounts": [m for m in trainer.get("volumeMounts", []) if m["mountPath"] != "/dev/shm"],
     }
-    for key in ("nodeSelector", "tolerations", "priorityClassName", "subdomain", "affinity"):
+    # Tolerations stay: where every node is tainted (GPU pools), the pod may go where the trainer may.
+    for key in ("nodeSelector", "priorityClassName", "subdomain", "affinity"):
         pod.pop(key, None)
     pod["containers"] = [container]
     pod["volumes"] = [v for v in pod.get("volumes", []) if v["name"] != "dshm"]

@@ -33,7 +33,12 @@ def node(name: str, mib: int | None, gpus: int = 8, taints: list[Any] | None = N
 
 def test_the_preflight_pod_has_the_trainers_identity_and_no_gpu() -> None:
     spec = spec_with(
-        resources={"gpusPerNode": 4, "nodeSelector": {"pool": "a100"}, "priorityClassName": "high"},
+        resources={
+            "gpusPerNode": 4,
+            "nodeSelector": {"pool": "a100"},
+            "priorityClassName": "high",
+            "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+        },
         model={"tokenSecretRef": {"name": "hf", "key": "token"}},
     )
     job = build_job(PARENT, spec, OperatorSettings())
@@ -42,7 +47,8 @@ def test_the_preflight_pod_has_the_trainers_identity_and_no_gpu() -> None:
     assert container["env"] == trainer["env"]  # the same Secrets, by reference
     assert pod["spec"]["serviceAccountName"] == job["spec"]["template"]["spec"]["serviceAccountName"]
     assert "nvidia.com/gpu" not in json.dumps(container["resources"])
-    assert not {"nodeSelector", "priorityClassName", "tolerations"} & set(pod["spec"])
+    assert not {"nodeSelector", "priorityClassName"} & set(pod["spec"])
+    assert pod["spec"]["tolerations"] == job["spec"]["template"]["spec"]["tolerations"]
     assert JOB_LABEL not in pod["metadata"]["labels"]  # not counted among the trainer's pods
     assert pod["metadata"]["ownerReferences"] == job["metadata"]["ownerReferences"]
     assert pod_generation(pod) == 3
