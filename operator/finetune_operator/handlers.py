@@ -23,7 +23,7 @@ import kopf
 from kubernetes.client.exceptions import ApiException
 
 from finetune_api.contract import API_GROUP, API_GROUP_VERSION, API_VERSION, JOB_LABEL, KIND, PLURAL
-from finetune_api.spec import FineTuneJobSpec, wire
+from finetune_api.spec import FineTuneJobSpec
 from finetune_api.status import now
 from finetune_api.validation import InvalidSpec, parse_spec
 from finetune_operator import kube, metrics, preflight_run
@@ -246,7 +246,7 @@ def _preflight_pod_step(
     """The children to create once the preflight pod and the fit check pass; else stall or wait (TemporaryError)."""
     step = preflight_run.before_job(parent, spec, children, SETTINGS, lambda s: build_children(parent, s, SETTINGS))
     if step.estimate is not None:
-        kube.patch_status(parent.namespace, parent.name, {"memoryEstimate": wire(step.estimate)})
+        kube.patch_status(parent.namespace, parent.name, preflight_run.estimate_patch(step.estimate))
     if step.children is not None:
         return step.children
     _sync_status(ref, known, None, _spec_topology(body), waiting_for=step.waiting or None)

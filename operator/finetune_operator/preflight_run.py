@@ -20,7 +20,7 @@ from typing import Any
 
 from finetune_api.model_shapes import EstimateUnavailable
 from finetune_api.sizing import estimate_status, fit_report
-from finetune_api.spec import FineTuneJobSpec
+from finetune_api.spec import FineTuneJobSpec, wire
 from finetune_api.status import MemoryEstimate
 from finetune_operator import kube
 from finetune_operator.builders import Parent
@@ -48,6 +48,12 @@ class Step:
 
 # Consecutive unreachable verdicts per (namespace, name, generation): the backoff of the transient case.
 _unreachable: dict[tuple[str, str, int], int] = {}
+
+
+def estimate_patch(estimate: MemoryEstimate) -> dict[str, Any]:
+    """The status merge patch writing ``estimate`` whole: fields it leaves out are removed, not kept from before."""
+    fields = {f.alias or name: None for name, f in MemoryEstimate.model_fields.items()}
+    return {"memoryEstimate": {**fields, **wire(estimate)}}
 
 
 def unreachable_delay(attempt: int) -> float:

@@ -134,3 +134,12 @@ def test_a_later_reconcile_renders_the_auto_sized_job_again() -> None:
     assert (again.training.batch_size_per_device, again.training.gradient_accumulation_steps) == (8, 4)
     assert again.training.sizing == "fixed" and again.distributed == spec.distributed
     assert with_resolved_sizing(spec, {"metadata": {}}) == spec
+
+
+def test_the_estimate_patch_removes_what_an_earlier_estimate_had() -> None:
+    from finetune_api.status import MemoryEstimate
+    from finetune_operator.preflight_run import estimate_patch
+
+    patch = estimate_patch(MemoryEstimate(verdict="FitsGPU", gpu_memory_bytes=2**30))["memoryEstimate"]
+    assert patch["verdict"] == "FitsGPU" and patch["gpuMemoryBytes"] == 2**30
+    assert patch["resolved"] is None and patch["perGpu"] is None  # merge-patch null: dropped from the status
