@@ -23,6 +23,10 @@ PREFLIGHT_COMPONENT = "preflight"
 RESOURCES = {"requests": {"cpu": "500m", "memory": "1Gi"}, "limits": {"memory": "4Gi"}}
 # Long enough for a hub or S3 round trip and a sample to tokenize; then the pod is deleted and retried.
 ACTIVE_DEADLINE_SECONDS = 600
+# Container waiting reasons that last until someone fixes the image, its pull secret or the pod's config.
+STUCK_REASONS = frozenset(
+    {"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "CreateContainerConfigError", "CreateContainerError"}
+)
 
 
 def preflight_pod_name(job_name: str) -> str:
@@ -77,6 +81,7 @@ class PodOutcome:
     done: bool
     result: PreflightResult | None = None
     waiting: str = ""  # why it is not done, or why it ended without a result
+    stuck: bool = False  # not done and will not be without someone's help (unschedulable, image not pulled)
 
 
 def pod_generation(pod: Mapping[str, Any]) -> int | None:
@@ -100,15 +105,25 @@ def pod_outcome(pod: Mapping[str, Any]) -> PodOutcome:
     if phase not in ("Succeeded", "Failed") or terminated is None:
         if phase == "Failed":  # evicted or past its deadline before the container ended
             return PodOutcome(True, waiting=f"the preflight pod failed: {status.get('reason') or 'no reason given'}")
+        scheduled: dict[str, Any] = next(
+            (c for c in status.get("conditions") or [] if c.get("type") == "PodScheduled"), {}
+        )
+        if scheduled.get("status") == "False" and scheduled.get("reason") == "Unschedulable":
+            message = scheduled.get("message") or "no node fits it"
+            return PodOutcome(False, waiting=f"the preflight pod cannot be scheduled: {message}", stuck=True)
         waiting = next(
             (
-                (c.get("state") or {}).get("waiting", {}).get("reason")
+                (c.get("state") or {}).get("waiting") or {}
                 for c in status.get("containerStatuses") or []
                 if (c.get("state") or {}).get("waiting")
             ),
-            None,
+            {},
         )
-        return PodOutcome(False, waiting=f"the preflight pod is {waiting or phase.lower()}")
+        reason = waiting.get("reason")
+        if reason in STUCK_REASONS:
+            detail = f": {waiting['message']}" if waiting.get("message") else ""
+            return PodOutcome(False, waiting=f"the preflight pod is {reason}{detail}", stuck=True)
+        return PodOutcome(False, waiting=f"the preflight pod is {reason or phase.lower()}")
     message = terminated.get("message") or ""
     if terminated.get("exitCode") == 0:
         try:

@@ -31,6 +31,7 @@ from finetune_operator.updates import config_map_patch
 
 log = logging.getLogger("finetune_operator")
 POLL_SECONDS = 3.0
+STUCK_POLL_SECONDS = 30.0
 
 Build = Callable[[FineTuneJobSpec], list[dict[str, Any]]]
 
@@ -89,6 +90,8 @@ def before_job(
         kube.create(build_preflight_pod(job, parent.generation))
         return Step(reason="the preflight pod started: checking model access, data and the S3 output")
     outcome = pod_outcome(pod)
+    if outcome.stuck:  # stalled with the reason, looked at again (the image or a node may come)
+        return Step(waiting=[f"{outcome.waiting}; no GPU is requested until it has run"], retry_in=STUCK_POLL_SECONDS)
     if not outcome.done:
         return Step(reason=outcome.waiting)
     kube.delete_pod(parent.namespace, name)  # the next look runs a fresh one

@@ -52,6 +52,10 @@ def test_the_preflight_pod_has_the_trainers_identity_and_no_gpu() -> None:
     assert JOB_LABEL not in pod["metadata"]["labels"]  # not counted among the trainer's pods
     assert pod["metadata"]["ownerReferences"] == job["metadata"]["ownerReferences"]
     assert pod_generation(pod) == 3
+    # Read-only root filesystem like the trainer's: every mount has its volume, and /tmp stays writable.
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    assert set(mounts) <= {v["name"] for v in pod["spec"]["volumes"]}
+    assert container["securityContext"]["readOnlyRootFilesystem"] and "/tmp" in mounts.values()
 
 
 def _pod(phase: str, terminated: dict[str, Any] | None = None, waiting: str | None = None) -> dict[str, Any]:
@@ -60,8 +64,13 @@ def _pod(phase: str, terminated: dict[str, Any] | None = None, waiting: str | No
 
 
 def test_pod_outcome_reads_the_verdict_and_tells_a_crash_from_a_result() -> None:
-    assert pod_outcome(_pod("Pending", waiting="ImagePullBackOff")).waiting == "the preflight pod is ImagePullBackOff"
+    assert pod_outcome(_pod("Pending", waiting="ContainerCreating")).waiting == "the preflight pod is ContainerCreating"
     assert not pod_outcome(_pod("Running")).done
+    pulling = pod_outcome(_pod("Pending", waiting="ImagePullBackOff"))
+    assert pulling.stuck and not pulling.done
+    unschedulable = {"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": "0/3 nodes"}
+    stuck = pod_outcome({"status": {"phase": "Pending", "conditions": [unschedulable]}})
+    assert stuck.stuck and stuck.waiting == "the preflight pod cannot be scheduled: 0/3 nodes"
     verdict = PreflightResult(problems=["dataset.files.train: no such file"])
     done = pod_outcome(_pod("Succeeded", {"exitCode": 0, "message": verdict.encode()}))
     assert done.done and done.result == verdict
