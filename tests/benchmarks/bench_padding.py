@@ -53,6 +53,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+from tests.benchmarks import causal_costs, overhead_runs  # noqa: E402
 from tests.benchmarks import padding_runs as padding_runs_module  # noqa: E402
 from tests.trainer import tiny  # noqa: E402
 from tests.trainer.sentiment import INTENSIFIERS, LABELS, NEGATIVE, POSITIVE, SUBJECTS, TRAIN_TEMPLATES  # noqa: E402
@@ -263,22 +264,6 @@ def padding_runs(section: str, kind: str, path: Path, tmp: Path, args: argparse.
     }
 
 
-def overhead(path: Path, tmp: Path, args: argparse.Namespace) -> tuple[Speed, Speed]:
-    """(plain Trainer, ours) on the same model, data, collator and TrainingArguments."""
-    n, b = args.overhead_steps, args.batch_size
-    runs: dict[str, Run] = {
-        "plain transformers.Trainer": lambda: timed(
-            b, lambda t: padding_runs_module.plain_classification(path, n, b, tmp / "plain", t)
-        ),
-        "ours (engine.train, status on)": lambda: timed(
-            b, lambda t: padding_runs_module.ours_classification(path, n, b, tmp / "ours", t)
-        ),
-    }
-    speeds = measure(runs, args.overhead_repeats)
-    plain, ours = speeds.values()
-    return plain, ours
-
-
 def load() -> str:
     return " ".join(f"{x:.1f}" for x in os.getloadavg())
 
@@ -290,15 +275,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rows", type=int, default=800, help="generated examples per distribution")
     parser.add_argument("--distribution", choices=["reviews", "short", "both"], default="both")
     parser.add_argument(
-        "--section", nargs="+", choices=["classification", "padding-free", "overhead"],
-        default=["classification", "padding-free", "overhead"],
+        "--section", nargs="+", choices=["classification", "padding-free", "costs", "overhead"],
+        default=["classification", "padding-free", "costs", "overhead"],
     )  # fmt: skip
     parser.add_argument("--group-by-length", action="store_true", help="also run ours with length grouping")
     parser.add_argument(
         "--repeats", type=int, default=2, help="runs per pipeline, in rotating order; the best counts (shared CPUs)"
     )
     parser.add_argument("--overhead-steps", type=int, default=21, help="steps per run of the overhead pair")
-    parser.add_argument("--overhead-repeats", type=int, default=3, help="runs per side of the overhead pair")
+    parser.add_argument(
+        "--overhead-repeats", type=int, default=4, help="runs per side of the overhead pair (ABBA, one process each)"
+    )
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch threads (1: CPU time is the work, not OpenMP waiting for a core)"
+    )
     args = parser.parse_args(argv)
 
     import torch
@@ -306,13 +296,15 @@ def main(argv: list[str] | None = None) -> int:
     from transformers import AutoTokenizer
 
     transformers.logging.set_verbosity_error()
+    torch.set_num_threads(args.threads)
     tokenizer = AutoTokenizer.from_pretrained(str(tiny.MINILM_DIR))
     kinds = ["reviews", "short"] if args.distribution == "both" else [args.distribution]
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, full fine-tuning, fp32 CPU, sdpa")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), full fine-tuning, fp32 CPU, sdpa")
     print(f"steps {args.steps}, batch size {args.batch_size}, max_length {MAX_LENGTH}, learning rate 2e-5")
     print(f"load average at start: {load()}")
     results = []
-    overhead_result = None
+    overhead_result: dict[str, Any] | None = None
+    costs: tuple[dict[str, float], float, int] | None = None
     with tempfile.TemporaryDirectory() as name:
         tmp = Path(name)
         for kind in kinds:
@@ -324,15 +316,30 @@ def main(argv: list[str] | None = None) -> int:
                 f"{MAX_LENGTH}; bound (padded / real tokens) {stats['bound']:.2f}x; random dynamic batches "
                 f"still compute {stats['dynamic_overhead']:.2f}x the real tokens"
             )
-            for section in [s for s in args.section if s != "overhead"]:
+            for section in [s for s in args.section if s in ("classification", "padding-free")]:
                 speeds = measure(padding_runs(section, kind, path, tmp, args), args.repeats)
                 names = list(speeds)
                 seed = speeds[names[0]]
                 for run in names[1:]:
                     results.append((kind, run, seed, speeds[run], stats["bound"]))
+            if "costs" in args.section and kind == "short":
+                print("\n== causal-lm step costs by layout (1 thread; why padding-free stays short of the bound)")
+                model = tmp / "causal-model"
+                if not model.is_dir():
+                    padding_runs_module.build_causal_model(model)
+                costs = (
+                    causal_costs.measure(model, int(stats["median_tokens"])),
+                    stats["bound"],
+                    int(stats["median_tokens"]),
+                )
             if "overhead" in args.section and kind == "short":
-                print("\n== overhead of our layer (short texts, MiniLM classification, dynamic padding)")
-                overhead_result = overhead(path, tmp, args)
+                print(
+                    f"\n== overhead of our layer (short texts, MiniLM classification, dynamic padding, "
+                    f"{args.threads} torch thread(s), one process per run)"
+                )
+                overhead_result = overhead_runs.measure(
+                    path, tmp, args.overhead_steps, args.batch_size, args.overhead_repeats, args.threads
+                )
     print(f"\nload average at end: {load()}")
     print(
         "\n| data | run | seed samples/s | ours samples/s | ratio | seed samples/CPU-s | ours samples/CPU-s | ratio "
@@ -345,13 +352,10 @@ def main(argv: list[str] | None = None) -> int:
             f"| {kind} | {run} | {seed.wall:.2f} | {speed.wall:.2f} | {wall:.2f}x | {seed.cpu:.2f} | {speed.cpu:.2f} "
             f"| {cpu:.2f}x | {bound:.2f}x | {wall / bound:.2f}, {cpu / bound:.2f} |"
         )
+    if costs is not None:
+        causal_costs.report(*costs)
     if overhead_result is not None:
-        plain, ours = overhead_result
-        print(
-            f"\noverhead: plain Trainer {plain.wall:.2f} samples/s, {plain.cpu:.2f} samples/CPU-s; ours "
-            f"{ours.wall:.2f} samples/s, {ours.cpu:.2f} samples/CPU-s; ours/plain {ours.wall / plain.wall:.3f} "
-            f"(wall), {ours.cpu / plain.cpu:.3f} (CPU)"
-        )
+        overhead_runs.report(overhead_result)
     return 0
 
 

@@ -60,3 +60,65 @@ def test_token_cross_entropy_skips_ignored_positions_like_the_model(tiny_bert: P
     labels[1, 4:] = IGNORE_INDEX  # padding of a shorter row
     own, outputs = model_loss_and_outputs(model, labels)
     assert cross_entropy_loss(outputs, labels).item() == pytest.approx(own.item(), rel=1e-6)
+
+
+class _SFTTrainerStub:
+    """What ``sft_loss_from_logits`` reads of an SFTTrainer: the model, the args and the metric store."""
+
+    def __init__(self, model: Any) -> None:
+        from collections import defaultdict
+        from types import SimpleNamespace
+
+        self.model = model
+        self.args = SimpleNamespace(average_tokens_across_devices=True)
+        self.accelerator = SimpleNamespace(num_processes=1, gather_for_metrics=lambda x: x)
+        self._metrics: dict[str, Any] = {"train": defaultdict(list), "eval": defaultdict(list)}
+        self._total_train_tokens = 0
+
+
+@pytest.mark.parametrize("layout", ["padded", "padding-free"])
+def test_sft_loss_from_logits_matches_trl_s_fused_head(layout: str) -> None:
+    """The CPU path of the causal-LM trainer: TRL's loss, gradients, entropy and token accuracy, in one pass."""
+    import copy
+
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+    from trl.trainer.utils import add_fused_lm_head
+
+    from finetune_trainer.losses import sft_loss_from_logits
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, initializer_range=0.2, bos_token_id=None, eos_token_id=0, pad_token_id=1,
+    )  # fmt: skip
+    ours = LlamaForCausalLM(config).train()
+    trl = copy.deepcopy(ours)
+    add_fused_lm_head(trl, outputs=("log_probs", "entropy", "is_top1"))
+    ids = torch.randint(2, 97, (3, 9))
+    if layout == "padded":
+        mask = torch.ones_like(ids)
+        mask[1, 6:] = 0
+        labels = ids.masked_fill(mask == 0, IGNORE_INDEX)
+        labels[2, :4] = IGNORE_INDEX  # a prompt outside the loss
+        inputs = {"input_ids": ids, "attention_mask": mask, "labels": labels}
+    else:  # three documents end to end, position ids restarting, first token of each outside the loss
+        position_ids = torch.arange(9).repeat(3)[None]
+        labels = ids.view(1, -1).masked_fill(position_ids == 0, IGNORE_INDEX)
+        inputs = {"input_ids": ids.view(1, -1), "position_ids": position_ids, "labels": labels}
+    items = torch.tensor(40)  # the Trainer's count over every process and accumulation step
+
+    stub = _SFTTrainerStub(ours)
+    loss = sft_loss_from_logits(stub, ours, dict(inputs), items)
+    loss.backward()
+    reference = trl(**inputs, fused_lm_head=True, num_items_in_batch=items)
+    reference.loss.backward()
+
+    assert loss.item() == pytest.approx(reference.loss.item(), rel=1e-5)
+    for (name, mine), theirs in zip(ours.named_parameters(), trl.parameters(), strict=True):
+        assert torch.allclose(mine.grad, theirs.grad, rtol=1e-4, atol=1e-6), name
+    valid = reference.label_mask.sum()
+    metrics = stub._metrics["train"]
+    assert metrics["entropy"] == [pytest.approx((reference.entropy.sum() / valid).item(), rel=1e-5)]
+    assert metrics["mean_token_accuracy"] == [pytest.approx((reference.is_top1.sum() / valid).item())]
+    assert metrics["num_tokens"] == [24 if layout == "padded" else 27]  # tokens fed: padding excluded

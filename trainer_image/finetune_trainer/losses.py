@@ -60,3 +60,58 @@ def mean_squared_error_loss(outputs: Any, labels: Any, num_items_in_batch: Any =
     labels = labels.to(logits.device, dtype=logits.dtype).view(-1)
     total = ((logits - labels) ** 2).sum()
     return total / _items(num_items_in_batch, labels).to(total.device)
+
+
+def logits_loss_serves(trainer: Any, return_outputs: bool) -> bool:
+    """Whether an SFTTrainer step should take :func:`sft_loss_from_logits` instead of TRL's fused LM head.
+
+    The fused head is fast only where its Triton kernels run (CUDA, XPU). Elsewhere (CPU) it falls back to torch
+    ops per vocabulary tile and recomputes every tile in the backward: a full step of the benchmark's causal LM
+    costs about twice the model's own loss (docs/benchmarks.md). TRL's own paths for MoE auxiliary losses, custom
+    loss functions, label smoothing and returned outputs stay as they are.
+    """
+    from trl.kernels.chunked_logprob import _use_triton
+
+    plain = not (return_outputs or trainer.aux_loss_enabled or trainer.compute_loss_func or trainer.label_smoother)
+    return plain and not _use_triton(trainer.args.device)
+
+
+def sft_loss_from_logits(trainer: Any, model: Any, inputs: dict[str, Any], num_items_in_batch: Any = None) -> Any:
+    """SFTTrainer's training loss and logged metrics from the model's own logits, in one forward pass.
+
+    The same quantities as TRL's fused head: the next-token cross-entropy summed over labelled tokens / the
+    Trainer's item count (scaled by the process count like TRL's), and the ``entropy``, ``mean_token_accuracy``
+    and ``num_tokens`` metrics, for devices where that head is slow (see :func:`logits_loss_serves`).
+    """
+    import torch
+    import torch.nn.functional as F
+
+    mode = "train" if trainer.model.training else "eval"
+    labels = inputs["labels"]
+    outputs = model(**{k: v for k, v in inputs.items() if k != "labels"}, use_cache=False)
+    extra = outputs.logits.size(1) - labels.size(1)
+    if extra > 0:  # prompt-learning PEFT prepends virtual tokens: they carry no labels (the last predicts the first)
+        labels = F.pad(labels, (extra, 0), value=IGNORE_INDEX)
+    targets = labels[:, 1:].to(outputs.logits.device)
+    mask = targets != IGNORE_INDEX
+    log_probs = F.log_softmax(outputs.logits[:, :-1][mask].float(), dim=-1)
+    nll = -log_probs.gather(-1, targets[mask].unsqueeze(-1)).squeeze(-1)
+    count = mask.sum() if num_items_in_batch is None else num_items_in_batch
+    loss = nll.sum() / torch.as_tensor(count).clamp(min=1)
+    if trainer.args.average_tokens_across_devices and num_items_in_batch is not None:
+        loss = loss * trainer.accelerator.num_processes
+
+    gather = trainer.accelerator.gather_for_metrics
+    with torch.no_grad():
+        num_valid = gather(mask.sum()).sum()
+        entropy = gather(-(log_probs.exp() * log_probs).sum()).sum()
+        correct = gather((log_probs.argmax(-1) == targets[mask]).sum()).sum()
+    metrics = trainer._metrics[mode]
+    metrics["entropy"].append((entropy / num_valid).item() if num_valid > 0 else 0.0)
+    metrics["mean_token_accuracy"].append((correct / num_valid).item() if num_valid > 0 else 0.0)
+    if mode == "train":
+        present = inputs.get("attention_mask")  # padding-free batches have none: every position is a token
+        tokens = present.sum() if present is not None else torch.tensor(inputs["position_ids"].size(1))
+        trainer._total_train_tokens += gather(tokens.to(mask.device)).sum().item()
+    metrics["num_tokens"] = [trainer._total_train_tokens]
+    return loss

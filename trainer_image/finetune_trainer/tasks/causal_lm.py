@@ -30,6 +30,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from finetune_trainer.errors import ConfigError, DataError
+from finetune_trainer.losses import logits_loss_serves, sft_loss_from_logits
 from finetune_trainer.tasks.base import RunContext, column_roles_for, pretrained_kwargs
 
 if TYPE_CHECKING:
@@ -381,7 +382,8 @@ def perplexity_sft_trainer() -> type:
     from trl import SFTTrainer
 
     class PerplexitySFTTrainer(SFTTrainer):
-        """SFTTrainer whose evaluation logs also carry the perplexity, and which truncates padding-free data."""
+        """SFTTrainer whose evaluation logs also carry the perplexity, which truncates padding-free data, and which
+        computes the loss from the model's own logits where TRL's fused LM head is slow (CPU)."""
 
         def __init__(self, *args: Any, truncate_to: int | None = None, **kwargs: Any) -> None:
             # Read by _prepare_dataset, which the parent's __init__ calls.
@@ -395,6 +397,13 @@ def perplexity_sft_trainer() -> type:
                 args = copy.copy(args)
                 args.max_length = self._truncate_to
             return super()._prepare_dataset(dataset, processing_class, args, *rest)
+
+        def compute_loss(
+            self, model: Any, inputs: Any, return_outputs: Any = False, num_items_in_batch: Any = None
+        ) -> Any:
+            if logits_loss_serves(self, return_outputs):  # on CPU: one pass through the model's own logits
+                return sft_loss_from_logits(self, model, inputs, num_items_in_batch)
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
 
         def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
             # Trainer.evaluate logs and returns the same dict, so the metric reaches both the log history
