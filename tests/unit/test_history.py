@@ -142,7 +142,7 @@ def test_the_recorder_measures_throughput_between_logs() -> None:
     recorder.begin([], step=0)  # t=0
     recorder.log({"loss": 1.0, "num_input_tokens_seen": 4000}, step=10)  # t=2: 10 steps x 8 samples in 2 s
     recorder.log({"eval_loss": 0.9}, step=10)  # t=3: the evaluation's second is not training time
-    history = recorder.log({"loss": 0.8, "num_input_tokens_seen": 8000}, step=20)  # t=5
+    history = recorder.log({"loss": 0.8, "num_tokens": 8000.0}, step=20)  # t=5; TRL's name for the count
     first, second = history.train
     assert first.samples_per_second == 40.0 and first.tokens_per_second is None
     assert second.samples_per_second == 40.0 and second.tokens_per_second == 2000.0

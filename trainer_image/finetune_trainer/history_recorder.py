@@ -15,7 +15,8 @@ from typing import Any
 from finetune_api.history import add_log_entry, from_log_history
 from finetune_api.status import History
 
-TOKENS_SEEN = "num_input_tokens_seen"
+# Cumulative token counts a log entry may carry: the Trainer's (include_num_input_tokens_seen) or TRL's.
+TOKENS_SEEN = ("num_input_tokens_seen", "num_tokens")
 
 
 def history_jsonl(log_history: Iterable[Mapping[str, Any]]) -> bytes:
@@ -41,7 +42,7 @@ class HistoryRecorder:
     def log(self, logs: Mapping[str, Any], step: int) -> History:
         """Add one log entry; training entries get the samples/s and tokens/s since the previous one."""
         now = self._clock()
-        tokens = logs.get(TOKENS_SEEN)
+        tokens = next((logs[k] for k in TOKENS_SEEN if k in logs), None)
         tokens = float(tokens) if isinstance(tokens, int | float) and not isinstance(tokens, bool) else None
         samples_per_second = tokens_per_second = None
         if "loss" in logs and self._last is not None:
