@@ -20,6 +20,7 @@ from kubectl_finetune.kube import Cluster, CommandError
 
 GENERATION_TASKS = ("causal-lm", "preference", "seq2seq")
 MAX_NEW_TOKENS = 64
+QA_WINDOW, QA_STRIDE = 384, 128  # question-answering: tokens per window of the passage, overlap between windows
 
 
 def default_cache_dir() -> Path:
@@ -143,17 +144,7 @@ def run_task(
     if task == "question-answering":
         if not context:
             raise CommandError("question-answering needs --passage TEXT (the passage the answer is taken from)")
-        pipe = pipeline("question-answering", model=model, tokenizer=tokenizer)
-        return [
-            {
-                "input": q,
-                "answer": (a := pipe(question=q, context=context))["answer"],
-                "score": float(a["score"]),
-                "start": a["start"],
-                "end": a["end"],
-            }
-            for q in texts
-        ]
+        return [{"input": q, **answer_span(model, tokenizer, q, context)} for q in texts]
     if task in GENERATION_TASKS:
         pipe = pipeline("text-generation", model=model, tokenizer=tokenizer)
         return [
@@ -170,6 +161,37 @@ def run_task(
     raise CommandError(f"predict does not run task {task} yet")
 
 
+def answer_span(model: Any, tokenizer: Any, question: str, passage: str) -> dict[str, Any]:
+    """The answer to a question in the passage: the task's n-best span search over the passage's windows."""
+    import torch
+
+    from finetune_trainer.tasks.question_answering import best_spans
+
+    windows = tokenizer(
+        question,
+        passage,
+        truncation="only_second",
+        max_length=min(QA_WINDOW, tokenizer.model_max_length),
+        stride=QA_STRIDE,
+        return_overflowing_tokens=True,
+        return_offsets_mapping=True,
+        padding=True,
+        return_tensors="pt",
+    )
+    offsets = [
+        [tuple(o) if windows.sequence_ids(w)[i] == 1 else None for i, o in enumerate(window.tolist())]
+        for w, window in enumerate(windows.pop("offset_mapping"))
+    ]
+    example_index = windows.pop("overflow_to_sample_mapping").tolist()
+    with torch.no_grad():
+        out = model(**windows)
+    [text] = best_spans(
+        out.start_logits.numpy(), out.end_logits.numpy(), [passage], example_index, offsets, allow_empty=False
+    )
+    start = passage.find(text)
+    return {"answer": text, "start": start, "end": start + len(text)}
+
+
 def render_predictions(predictions: list[dict[str, Any]]) -> str:
     """The predictions as a person reads them."""
     lines = []
@@ -183,7 +205,7 @@ def render_predictions(predictions: list[dict[str, Any]]) -> str:
                 "  no entities"
             ]
         elif "answer" in p:
-            lines.append(f"  {p['answer']}  (score {number(p['score'], 3)})")
+            lines.append(f"  {p['answer']}  (characters {p['start']}-{p['end']} of the passage)")
         else:
             lines.append(f"  {p['generated']}")
     return "\n".join(lines)
