@@ -74,9 +74,17 @@ class OwnMinIO:
 
         try:
             with urllib.request.urlopen(f"{self.endpoint}/minio/health/ready", timeout=1) as r:
-                return bool(r.status == 200)
+                if r.status != 200:
+                    return False
         except OSError:
             return False
+        # The probe can answer before the object layer is up ("Server not initialized yet"):
+        # ready means an S3 call succeeds.
+        try:
+            self.client().list_buckets()
+        except Exception:  # any refusal means "not yet"
+            return False
+        return True
 
     def kill(self) -> None:
         """SIGKILL the server, as when its node dies."""
