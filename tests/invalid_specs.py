@@ -110,6 +110,18 @@ INVALID_SPECS: list[tuple[str, dict[str, Any], str, str]] = [
     ("packing-on-classification", with_changes(training={"packing": True}), "spec.training.packing", "causal-lm"),
     ("dpo-on-classification", with_changes(training={"dpo": {"beta": 0.1}}), "spec.training.dpo", "preference"),
     (
+        "orpo-options-on-dpo",
+        with_changes(task={"type": "preference"}, training={"orpo": {"beta": 0.2}}),
+        "spec.training.orpo",
+        "orpo only",
+    ),
+    (
+        "kto-options-on-orpo",
+        with_changes(task={"type": "orpo"}, training={"kto": {"beta": 0.2}}),
+        "spec.training.kto",
+        "kto only",
+    ),
+    (
         "feature-extraction-for-causal-lm",
         with_changes(task={"type": "causal-lm", "labels": []}, method={"type": "feature-extraction"}),
         "spec.method.type",
@@ -220,6 +232,24 @@ INVALID_SPECS: list[tuple[str, dict[str, Any], str, str]] = [
         with_changes(task={"type": "preference"}, dataset={"testSplit": "test"}),
         "spec.dataset.testSplit",
         "starting model",
+    ),
+    (
+        "group-by-length-for-kto",
+        with_changes(task={"type": "kto", "labels": []}, training={"groupByLength": True}),
+        "spec.training.groupByLength",
+        "fixed order",
+    ),
+    (
+        "test-split-for-kto",
+        with_changes(task={"type": "kto", "labels": []}, dataset={"testSplit": "test"}),
+        "spec.dataset.testSplit",
+        "starting model",
+    ),
+    (
+        "feature-extraction-for-orpo",
+        with_changes(task={"type": "orpo", "labels": []}, method={"type": "feature-extraction"}),
+        "spec.method.type",
+        "ORPO shifts",
     ),
     ("bad-bucket", with_changes(output={"s3": {"bucket": "Bad_Bucket"}}), "spec.output.s3.bucket", "pattern"),
     ("bad-memory", with_changes(resources={"memory": "lots"}), "spec.resources.memory", "pattern"),

@@ -50,6 +50,10 @@ HF_HOME_DIR = f"{WORKSPACE}/cache/huggingface"
 # Files the trainer writes in its output dir and uploads under the job's final/ prefix.
 RESOLVED_SPEC_FILE = "spec.resolved.yaml"  # the spec with the defaults the run chose written in
 METRICS_FILE = "metrics.json"
+# The test split's predictions, one JSON object per row (classification, token classification, QA).
+PREDICTIONS_FILE = "predictions.jsonl"
+# Generative tasks: the final model's answers to a few held-out prompts (also in the model card).
+SAMPLES_FILE = "samples.jsonl"
 
 # ---- environment: set by the operator, read by the trainer ----
 

@@ -20,6 +20,7 @@ TASK_COLUMN_ROLES: dict[str, dict[str, str]] = {
     "regression": {"text": "text", "textPair": "text_pair", "label": "label"},
     "token-classification": {"tokens": "tokens", "tags": "tags"},
     "question-answering": {"id": "id", "question": "question", "context": "context", "answers": "answers"},
+    "seq2seq": {"source": "source", "target": "target"},
     "causal-lm": {
         "text": "text",
         "instruction": "instruction",
@@ -28,6 +29,8 @@ TASK_COLUMN_ROLES: dict[str, dict[str, str]] = {
         "messages": "messages",
     },
     "preference": {"prompt": "prompt", "chosen": "chosen", "rejected": "rejected"},
+    "orpo": {"prompt": "prompt", "chosen": "chosen", "rejected": "rejected"},
+    "kto": {"prompt": "prompt", "completion": "completion", "label": "label"},
     "reward-modeling": {"prompt": "prompt", "chosen": "chosen", "rejected": "rejected"},
 }
 
@@ -37,8 +40,28 @@ UNSUPPORTED: dict[tuple[str, str], str] = {
         "a causal LM has no separate head to train: its output layer is tied to the input embeddings, "
         "so freezing the base leaves nothing to learn; use lora, qlora or prompt-tuning"
     ),
+    ("seq2seq", "feature-extraction"): (
+        "an encoder-decoder's output layer is tied to its input embeddings, so freezing the base leaves nothing "
+        "to learn; use lora, freeze or full"
+    ),
     ("preference", "feature-extraction"): (
         "DPO shifts the whole policy's token probabilities, which a frozen base with no head cannot do; "
+        "use lora or qlora"
+    ),
+    ("orpo", "feature-extraction"): (
+        "ORPO shifts the whole policy's token probabilities, which a frozen base with no head cannot do; "
+        "use lora or qlora"
+    ),
+    ("orpo", "prompt-tuning"): (
+        "TRL's experimental ORPO trainer reads per-token log-probabilities at the input's positions, which the "
+        "prepended virtual tokens shift; use lora or prefix-tuning (its prefix is not part of the input)"
+    ),
+    ("orpo", "p-tuning"): (
+        "TRL's experimental ORPO trainer reads per-token log-probabilities at the input's positions, which "
+        "p-tuning's prepended virtual tokens shift; use lora or prefix-tuning (its prefix is not part of the input)"
+    ),
+    ("kto", "feature-extraction"): (
+        "KTO shifts the whole policy's token probabilities, which a frozen base with no head cannot do; "
         "use lora or qlora"
     ),
     ("question-answering", "prompt-tuning"): (

@@ -73,6 +73,8 @@ def _options_only_for(attr: str, method: str) -> Callable[[MethodSpec], bool]:
 CLASSIFICATION = ["sequence-classification", "token-classification"]
 # Tasks whose batches can be flattened: per-token labels, no per-example pooling.
 PADDING_FREE_TASKS = ["causal-lm", "token-classification"]
+# Tasks whose metrics need the starting policy as a reference (gone once training ends: no test split).
+REFERENCE_TASKS = ["preference", "kto"]
 
 RULES: list[Rule] = [
     Rule(
@@ -142,10 +144,10 @@ RULES: list[Rule] = [
     Rule(
         FineTuneJobSpec,
         "dataset.testSplit",
-        "!has(self.dataset.testSplit) || !(self.task.type in ['preference'])",
-        "a test split is not evaluated for task preference: DPO's metrics compare the policy with the starting "
-        "model, which is gone once training ends; evaluate held-out pairs with dataset.evalSplit",
-        lambda s: s.dataset.test_split is None or s.task.type != "preference",
+        f"!has(self.dataset.testSplit) || !(self.task.type in {_cel_list(REFERENCE_TASKS)})",
+        "a test split is not evaluated for tasks preference and kto: their metrics compare the policy with the "
+        "starting model, which is gone once training ends; evaluate held-out rows with dataset.evalSplit",
+        lambda s: s.dataset.test_split is None or s.task.type not in REFERENCE_TASKS,
     ),
     Rule(
         DatasetSpec,
@@ -295,6 +297,28 @@ RULES: list[Rule] = [
         "!has(self.training.dpo) || self.task.type == 'preference'",
         "training.dpo applies to task.type preference only; remove it",
         lambda s: s.training.dpo is None or s.task.type == "preference",
+    ),
+    Rule(
+        FineTuneJobSpec,
+        "training.orpo",
+        "!has(self.training.orpo) || self.task.type == 'orpo'",
+        "training.orpo applies to task.type orpo only; remove it",
+        lambda s: s.training.orpo is None or s.task.type == "orpo",
+    ),
+    Rule(
+        FineTuneJobSpec,
+        "training.groupByLength",
+        "!self.training.groupByLength || self.task.type != 'kto'",
+        "training.groupByLength cannot apply to task kto: KTO's KL estimate pairs each row with its neighbour, so "
+        "TRL reads the rows in a fixed order (shuffled once by the trainer); remove it",
+        lambda s: not s.training.group_by_length or s.task.type != "kto",
+    ),
+    Rule(
+        FineTuneJobSpec,
+        "training.kto",
+        "!has(self.training.kto) || self.task.type == 'kto'",
+        "training.kto applies to task.type kto only; remove it",
+        lambda s: s.training.kto is None or s.task.type == "kto",
     ),
     Rule(
         FineTuneJobSpec,

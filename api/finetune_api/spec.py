@@ -22,8 +22,11 @@ TaskType = Literal[
     "regression",
     "token-classification",
     "question-answering",
+    "seq2seq",
     "causal-lm",
     "preference",
+    "orpo",
+    "kto",
     "reward-modeling",
 ]
 MethodType = Literal[
@@ -332,6 +335,27 @@ class DpoOptions(ApiModel):
     )
 
 
+class OrpoOptions(ApiModel):
+    """Odds-ratio preference optimisation settings (TRL's experimental ORPOConfig; no reference model)."""
+
+    beta: float = Field(
+        default=0.1, gt=0, le=10, description="Weight of the odds-ratio term beside the chosen responses' NLL loss."
+    )
+
+
+class KtoOptions(ApiModel):
+    """Kahneman-Tversky optimisation settings (TRL KTOConfig): unpaired desirable and undesirable rows."""
+
+    beta: float = Field(default=0.1, gt=0, le=10, description="Strength of the KL penalty towards the reference.")
+    loss_type: Literal["kto", "apo_zero_unpaired"] = Field(default="kto", description="KTO loss variant.")
+    desirable_weight: float = Field(
+        default=1.0, gt=0, le=100, description="Weight of the desirable rows' loss (raise it when they are fewer)."
+    )
+    undesirable_weight: float = Field(
+        default=1.0, gt=0, le=100, description="Weight of the undesirable rows' loss (raise it when they are fewer)."
+    )
+
+
 class TrainingSpec(ApiModel):
     """Hyper-parameters and the training loop's schedule."""
 
@@ -426,6 +450,8 @@ class TrainingSpec(ApiModel):
         default=False, description="GPU only: compile the model with torch.compile (slower start, faster steps)."
     )
     dpo: DpoOptions | None = Field(default=None, description="preference only: DPO settings.")
+    orpo: OrpoOptions | None = Field(default=None, description="orpo only: ORPO settings.")
+    kto: KtoOptions | None = Field(default=None, description="kto only: KTO settings.")
     report_to: list[Reporter] = Field(default_factory=list, max_length=3, description="Experiment trackers to log to.")
 
 

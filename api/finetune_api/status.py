@@ -75,6 +75,11 @@ class Artifacts(ApiModel):
     model: Name | None = Field(default=None, description="URI of the final model or adapter.")
     merged_model: Name | None = Field(default=None, description="URI of the base with the adapter merged.")
     metrics: Name | None = Field(default=None, description="URI of metrics.json.")
+    predictions: Name | None = Field(
+        default=None,
+        description="URI of the test split's predictions (jsonl, one object per row: row index and prediction); "
+        "classification, token classification and question answering with a test split.",
+    )
 
 
 class MemoryBreakdown(ApiModel):

@@ -187,3 +187,19 @@ def test_the_model_card_says_adapter_for_every_peft_method(tmp_path: Path, metho
     assert "a peft adapter" in card if adapter else "the full model" in card
     # Parameter counts and test metrics are in the card's results table.
     assert "| trainable_parameters | 1538 |" in card and "| test_accuracy | 0.9 |" in card
+
+
+def test_the_model_card_shows_sample_generations(tmp_path: Path) -> None:
+    job = spec()
+    samples = [
+        {"prompt": "Summarise: the cat sat.", "generated": "cat sat", "reference": "a cat sat"},
+        {"prompt": "Say hi.", "generated": "hi", "reference": None},
+    ]
+    card = write_model_card(job, tmp_path, {}, JobLocation.from_spec(job, {}), samples).read_text()
+    section = card.split("## Sample generations", 1)[1].split("## Load it", 1)[0]
+    assert "Summarise: the cat sat.\n```" in section and "```text\ncat sat\n```" in section
+    assert "```text\na cat sat\n```" in section
+    assert section.count("Reference:") == 1  # none for a sample without one
+    assert (
+        "## Sample generations" not in write_model_card(job, tmp_path, {}, JobLocation.from_spec(job, {})).read_text()
+    )

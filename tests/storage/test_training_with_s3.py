@@ -139,8 +139,39 @@ def test_the_status_carries_the_curves_and_s3_the_full_history(full_run: FullRun
 # ---- resume, refusal, outage, s3 inputs ----
 
 
+def resumable_spec(
+    task: str,
+    output: dict[str, Any],
+    tiny_bert: Path,
+    sentiment_files: dict[str, Path],
+    tmp_path: Path,
+    **training: Any,
+) -> dict[str, Any]:
+    """A LoRA run of ``task`` with S3 output: sentiment on the tiny BERT, seq2seq on a T5, ORPO/KTO on a Llama."""
+    if task == "sequence-classification":
+        return sentiment_spec(tiny_bert, sentiment_files, output, **training)
+    from tests.trainer import tiny, tiny_causal
+
+    if task == "seq2seq":
+        model, rows = tiny_causal.build_tiny_seq2seq(tmp_path / "t5"), tiny_causal.summary_rows
+    else:
+        rows = tiny_causal.feedback_rows if task == "kto" else tiny_causal.preference_rows
+        model = tiny_causal.build_tiny_causal(tmp_path / "llama")
+    files = {"train": str(tiny.write_jsonl(tmp_path / f"{task}.jsonl", rows(32, seed=0)))}
+    spec = tiny_causal.causal_spec(model, {"type": task}, files, {"type": "lora"}, **training)
+    spec["output"] = output
+    return spec
+
+
+@pytest.mark.parametrize("task", ["sequence-classification", "seq2seq", "orpo", "kto"])
 def test_a_rerun_resumes_from_the_newest_checkpoint_that_has_a_manifest(
-    minio: MinIO, bucket: str, s3_env: dict, tiny_bert: Path, sentiment_files: dict[str, Path], tmp_path: Path
+    task: str,
+    minio: MinIO,
+    bucket: str,
+    s3_env: dict,
+    tiny_bert: Path,
+    sentiment_files: dict[str, Path],
+    tmp_path: Path,
 ) -> None:
     schedule: dict[str, Any] = {
         "evalStrategy": "no",
@@ -148,7 +179,8 @@ def test_a_rerun_resumes_from_the_newest_checkpoint_that_has_a_manifest(
         "saveStrategy": "steps",
         "saveSteps": 2,
     }
-    spec = sentiment_spec(tiny_bert, sentiment_files, s3_output(minio.endpoint, bucket), maxSteps=4, **schedule)
+    output = s3_output(minio.endpoint, bucket)
+    spec = resumable_spec(task, output, tiny_bert, sentiment_files, tmp_path, maxSteps=4, **schedule)
     engine.train(parse_spec(spec), tmp_path / "first")
     store = store_for(spec)
     assert store.complete_steps() == [2, 4]

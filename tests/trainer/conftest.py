@@ -35,6 +35,12 @@ def encoder_data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "topics_val": tiny.write_parquet(root / "topics-val.parquet", tiny.topic_rows(32, seed=1)),
         "ner_train": tiny.write_parquet(root / "entities-train.parquet", tiny.entity_rows(192, seed=0)),
         "ner_val": tiny.write_jsonl(root / "entities-val.jsonl", tiny.entity_rows(32, seed=1)),
+        # Test files of the cases that write the test split's predictions.
+        "seq_test": tiny.write_jsonl(root / "sentiment-test.jsonl", tiny.sentiment_rows(16, seed=2)),
+        "ner_test": tiny.write_jsonl(root / "entities-test.jsonl", tiny.entity_rows(16, seed=2)),
+        "qa_test": tiny.write_jsonl(
+            root / "questions-test.jsonl", tiny.question_rows(16, seed=2, prefix=tiny.QA_PREFIX)
+        ),
         "qa_train": tiny.write_jsonl(
             root / "questions-train.jsonl", tiny.question_rows(192, seed=0, prefix=tiny.QA_PREFIX)
         ),

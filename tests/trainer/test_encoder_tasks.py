@@ -42,6 +42,7 @@ class Case:
     multi_label: bool = False
     training: dict[str, Any] = field(default_factory=dict)
     lora: dict[str, Any] = field(default_factory=dict)  # extra method.lora options
+    test: bool = False  # with a test file: test metrics and predictions.jsonl
 
     @property
     def id(self) -> str:
@@ -52,7 +53,7 @@ class Case:
 CASES = [
     Case("sequence-classification", "full"),
     Case("sequence-classification", "feature-extraction"),
-    Case("sequence-classification", "lora"),
+    Case("sequence-classification", "lora", test=True),
     # Only a few virtual tokens and the head train on a random body, and independent labels need
     # more steps: both get a longer schedule.
     Case("sequence-classification", "prompt-tuning", training={"epochs": 5}),
@@ -70,7 +71,7 @@ CASES = [
     Case("regression", "lora"),
     Case("token-classification", "full"),
     Case("token-classification", "feature-extraction"),
-    Case("token-classification", "lora"),
+    Case("token-classification", "lora", test=True),
     Case("token-classification", "freeze"),
     Case("token-classification", "ia3"),
     Case("token-classification", "prefix-tuning"),
@@ -78,7 +79,7 @@ CASES = [
     # Short windows so every context spans two of them (docStride overlap).
     Case("question-answering", "full", training={"maxSeqLength": 32}),
     Case("question-answering", "feature-extraction", training={"maxSeqLength": 32}),
-    Case("question-answering", "lora", training={"maxSeqLength": 32}),
+    Case("question-answering", "lora", training={"maxSeqLength": 32}, test=True),
     Case("question-answering", "freeze", training={"maxSeqLength": 32}),
     Case("question-answering", "ia3", training={"maxSeqLength": 32}),
     Case("question-answering", "prefix-tuning", training={"maxSeqLength": 32}),
@@ -123,6 +124,10 @@ def spec_for(case: Case, model_dir: Path, data: dict[str, Path]) -> dict[str, An
         method["freeze"] = {"trainableLayers": 1}
     if case.method == "lora":
         method["lora"] = {"r": 8, "alpha": 16, "dropout": 0.0, **case.lora}
+    if case.test:
+        files["test"] = str(
+            data[{"sequence-classification": "seq_test", "token-classification": "ner_test"}.get(case.task, "qa_test")]
+        )
     training = {"learningRate": LEARNING_RATES[case.method], **case.training}
     return tiny.spec_dict(model_dir, task, files, method, **training)
 
@@ -225,6 +230,52 @@ def test_test_split_metrics_are_those_of_the_saved_model(trained: Trained) -> No
     assert metrics["test_mse"] == pytest.approx(float(np.mean((predicted - truth) ** 2)), rel=1e-4)
     assert metrics["test_pearson"] == pytest.approx(float(np.corrcoef(predicted, truth)[0, 1]), rel=1e-4)
     assert metrics["test_pearson"] > 0.3  # above chance (0) on rows never seen in training or evaluation
+
+
+@pytest.mark.slow
+def test_test_predictions_are_the_saved_model_s(trained: Trained) -> None:
+    predictions_file = trained.output_dir / "predictions.jsonl"
+    if not trained.case.test:
+        assert not predictions_file.exists() or trained.case.task == "regression"
+        pytest.skip("no test file")
+    import torch
+
+    from finetune_trainer import engine
+
+    rows = [json.loads(line) for line in Path(_test_file(trained)).read_text().splitlines()]
+    predicted = [json.loads(line) for line in predictions_file.read_text().splitlines()]
+    assert [p["row"] for p in predicted] == list(range(len(rows)))
+    metrics = json.loads((trained.output_dir / "metrics.json").read_text())
+    loaded = engine.load_for_inference(trained.output_dir)
+    if trained.case.task == "question-answering":
+        # Extractive: each answer is a span of its context; the exact-match rate is the reported one.
+        assert all(p["prediction"] in r["context"] for p, r in zip(predicted, rows, strict=True))
+        from finetune_trainer.tasks.question_answering import normalize_answer
+
+        hits = [
+            normalize_answer(p["prediction"]) in {normalize_answer(a) for a in r["answers"]["text"]}
+            for p, r in zip(predicted, rows, strict=True)
+        ]
+        assert metrics["test_exact_match"] == pytest.approx(sum(hits) / len(rows))
+        return
+    with torch.no_grad():
+        if trained.case.task == "sequence-classification":
+            batch = loaded.tokenizer([r["text"] for r in rows], padding=True, return_tensors="pt")
+            expected = [["neg", "pos"][i] for i in loaded.model(**batch).logits.argmax(-1).tolist()]
+            truth = [r["label"] for r in rows]
+            accuracy = sum(p["prediction"] == t for p, t in zip(predicted, truth, strict=True)) / len(rows)
+            assert metrics["test_accuracy"] == pytest.approx(accuracy)
+        else:  # one tag per word: the first sub-token's
+            expected = []
+            for r in rows:
+                batch = loaded.tokenizer(r["tokens"], is_split_into_words=True, return_tensors="pt")
+                tags = loaded.model(**batch).logits[0].argmax(-1).tolist()
+                firsts = {}
+                for position, word in enumerate(batch.word_ids()):
+                    if word is not None and word not in firsts:
+                        firsts[word] = tiny.NER_LABELS[tags[position]]
+                expected.append([firsts[w] for w in sorted(firsts)])
+    assert [p["prediction"] for p in predicted] == expected
 
 
 def _test_file(trained: Trained) -> str:

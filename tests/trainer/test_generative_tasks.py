@@ -43,6 +43,9 @@ DPO_RATES = {
     "prefix-tuning": 1e-2,
 }
 REWARD_RATES = {"full": 1e-3, "feature-extraction": 3e-2, "lora": 1e-2}
+SEQ2SEQ_RATES = {"full": 3e-3, "lora": 3e-2}
+# ORPO and KTO: the DPO rates; KTO runs both reference paths (adapter off, frozen copy), ORPO has none.
+ALIGNMENT_CASES = {"orpo": ("lora",), "kto": ("full", "lora")}
 ADAPTER_METHODS = ("lora", "qlora", "ia3", "prompt-tuning", "p-tuning", "prefix-tuning")
 NEW_METHODS = ("freeze", "ia3", "p-tuning", "prefix-tuning")
 PROBE_TEXTS = ["the apple is red and the", "Repeat the word: seven."]
@@ -79,6 +82,9 @@ CASES = [
     *[Case("preference", m) for m in ("full", "lora", "qlora", "prompt-tuning", *NEW_METHODS)],
     *[Case("reward-modeling", m) for m in ("full", "feature-extraction", "lora")],
     Case("preference", "lora", "chat"),
+    # Summarisation on a tiny T5, with a test file: generation and ROUGE at evaluation.
+    *[Case("seq2seq", m) for m in SEQ2SEQ_RATES],
+    *[Case(task, m) for task, methods in ALIGNMENT_CASES.items() for m in methods],
 ]
 
 
@@ -86,6 +92,12 @@ CASES = [
 def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Directory of the tiny random Llama and its locally trained tokenizer."""
     return tiny_causal.cached_tiny_causal(tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def tiny_t5(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Directory of the tiny random T5 and the same tokenizer."""
+    return tiny_causal.cached_tiny_seq2seq(tmp_path_factory)
 
 
 @pytest.fixture(scope="session")
@@ -110,6 +122,11 @@ def generative_data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[
             tiny.write_parquet,
             "parquet",
         ),
+        "feedback": files("feedback", tiny_causal.feedback_rows, tiny.write_jsonl, "jsonl"),
+        "summaries": {
+            **files("summaries", tiny_causal.summary_rows, tiny.write_jsonl, "jsonl"),
+            "test": str(tiny.write_jsonl(root / "summaries-test.jsonl", tiny_causal.summary_rows(8, seed=2))),
+        },
     }
 
 
@@ -120,10 +137,19 @@ def spec_for(case: Case, model_dir: Path, data: dict[str, dict[str, str]]) -> di
         task: dict[str, Any] = {"type": "causal-lm", "format": case.format}
         files = data["chat" if case.format in ("chatml", "messages") else case.format]
         rate = SFT_RATES[case.method]
+    elif case.task == "seq2seq":
+        task = {"type": "seq2seq"}
+        files = data["summaries"]
+        rate = SEQ2SEQ_RATES[case.method]
+        # Generation at evaluation is cheap at this length; 32 steps take ROUGE well past chance.
+        training = {"maxSteps": 32, "maxSeqLength": 32, **training}
     else:
         task = {"type": case.task}
-        files = data["chat-pairs" if case.format == "chat" else "pairs"]
-        rate = DPO_RATES[case.method] if case.task == "preference" else REWARD_RATES[case.method]
+        files = data["chat-pairs" if case.format == "chat" else "feedback" if case.task == "kto" else "pairs"]
+        rate = REWARD_RATES[case.method] if case.task == "reward-modeling" else DPO_RATES[case.method]
+        if case.task == "orpo":
+            # The odds-ratio term weighs as much as the NLL term, and a larger step: 32 steps then order the pairs.
+            rate, training = 2 * rate, {"orpo": {"beta": 1.0}, **training}
         # Preference losses are noisy per batch of 8 pairs: more steps to see the trend.
         training = {"maxSteps": 32, **training}
     method: dict[str, Any] = {"type": case.method}
@@ -145,6 +171,8 @@ def probe_logits(model: Any, tokenizer: Any) -> Any:
     import torch
 
     batch = tokenizer(PROBE_TEXTS, padding=True, return_tensors="pt")
+    if model.config.is_encoder_decoder:  # the decoder reads the first few tokens of the same texts
+        batch["decoder_input_ids"] = batch["input_ids"][:, :4]
     model.eval()
     with torch.no_grad():
         return model(**batch).logits.detach().float().clone()
@@ -169,7 +197,8 @@ def trained(
     from finetune_trainer import engine
 
     case: Case = request.param
-    spec = parse_spec(spec_for(case, tiny_llama, generative_data))
+    model_dir = request.getfixturevalue("tiny_t5") if case.task == "seq2seq" else tiny_llama
+    spec = parse_spec(spec_for(case, model_dir, generative_data))
     output_dir = tmp_path_factory.mktemp(case.id)
     result = engine.train(spec, output_dir)
     return Trained(case, output_dir, result, probe_logits(result.model, result.tokenizer))
@@ -200,16 +229,28 @@ def test_artifacts_are_written(trained: Trained) -> None:
     assert (out / "tokenizer.json").is_file()
     metrics = json.loads((out / "metrics.json").read_text())
     assert 0 < metrics["trainable_parameters"] <= metrics["total_parameters"]
-    best = "accuracy" if trained.case.task == "reward-modeling" else "eval_loss"
+    best = {"reward-modeling": "accuracy", "seq2seq": "rougeL"}.get(trained.case.task, "eval_loss")
     assert load_spec_file(out / "spec.resolved.yaml").training.metric_for_best_model == best
     if trained.case.task == "causal-lm":
         assert metrics["eval_perplexity"] == pytest.approx(math.exp(metrics["eval_loss"]), rel=1e-6)
+    elif trained.case.task == "seq2seq":
+        # Chance: always the commonest word and colour scores ROUGE-L about (1/20 + 1/4) / 2 = 0.15.
+        assert metrics["eval_rougeL"] > 0.3 and metrics["test_rougeL"] > 0.3, metrics
+        assert 1 <= metrics["eval_gen_len"] < 32
     elif trained.case.task == "reward-modeling":
         # Held-out pairs whose chosen response scores higher: above chance (0.5) after training.
         assert metrics["eval_accuracy"] > 0.6, metrics
+    elif trained.case.task == "kto":
+        for key in ("eval_loss", "eval_kl", "eval_rewards/chosen", "eval_rewards/rejected", "eval_rewards/margins"):
+            assert key in metrics, key
+        # Chance is 0: the reference scores desirable and undesirable completions alike.
+        assert metrics["eval_rewards/margins"] > 0, metrics
     else:
         for key in ("eval_loss", "eval_rewards/chosen", "eval_rewards/accuracies", "eval_rewards/margins"):
             assert key in metrics, key
+        if trained.case.task == "orpo":
+            assert "eval_nll_loss" in metrics and "eval_log_odds_ratio" in metrics
+            assert metrics["eval_rewards/accuracies"] > 0.5, metrics  # chance: half the pairs
 
 
 @pytest.mark.slow
@@ -238,6 +279,63 @@ def test_reloaded_model_gives_the_same_logits(trained: Trained) -> None:
 
 
 @pytest.mark.slow
+def test_seq2seq_test_rouge_is_that_of_the_saved_model_s_generations(trained: Trained) -> None:
+    if trained.case.task != "seq2seq":
+        pytest.skip("seq2seq only")
+    import torch
+    from rouge_score import rouge_scorer
+
+    from finetune_trainer import engine
+
+    loaded = engine.load_for_inference(trained.output_dir)
+    rows = tiny_causal.summary_rows(8, seed=2)  # the test file
+    batch = loaded.tokenizer([r["source"] for r in rows], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        ids = loaded.model.generate(**batch, max_length=32, num_beams=1, do_sample=False)
+    texts = loaded.tokenizer.batch_decode(ids, skip_special_tokens=True)
+    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+    scores = [scorer.score(r["target"], t.strip())["rougeL"].fmeasure for r, t in zip(rows, texts, strict=True)]
+    metrics = json.loads((trained.output_dir / "metrics.json").read_text())
+    assert metrics["test_rougeL"] == pytest.approx(sum(scores) / len(scores), abs=1e-9)
+
+
+@pytest.mark.slow
+def test_sample_generations_are_the_saved_model_s_greedy_answers(trained: Trained) -> None:
+    case = trained.case
+    samples_file = trained.output_dir / "samples.jsonl"
+    if case.task == "reward-modeling" or (case.task == "causal-lm" and case.format == "text"):
+        assert not samples_file.exists()  # a scorer generates nothing; plain text has no prompt
+        return
+    import torch
+
+    from finetune_trainer import engine
+
+    samples = [json.loads(line) for line in samples_file.read_text().splitlines()]
+    assert len(samples) == 3
+    first = samples[0]
+    if case.task == "seq2seq":  # the test split's rows
+        row = tiny_causal.summary_rows(8, seed=2)[0]
+        assert (first["prompt"], first["reference"]) == (row["source"], row["target"])
+    elif case.format == "alpaca":
+        row = tiny_causal.alpaca_rows(16, seed=1)[0]
+        assert row["instruction"] in first["prompt"] and first["reference"] == row["output"]
+    elif case.task in ("preference", "orpo", "kto") and case.format == "text":
+        assert first["prompt"] == tiny_causal.preference_rows(16, seed=1)[0]["prompt"]
+    else:  # chat turns: the prompt ends where the assistant's reply starts
+        assert first["prompt"].endswith("<|im_start|>assistant\n")
+    if case.method == "qlora":
+        return  # the reloaded 4-bit model computes in another precision (see the logits test)
+    loaded = engine.load_for_inference(trained.output_dir)
+    for sample in samples:
+        inputs = loaded.tokenizer(sample["prompt"], return_tensors="pt")
+        with torch.no_grad():
+            ids = loaded.model.generate(**inputs, max_new_tokens=64, do_sample=False)
+        if not loaded.model.config.is_encoder_decoder:
+            ids = ids[:, inputs["input_ids"].shape[1] :]
+        assert loaded.tokenizer.decode(ids[0], skip_special_tokens=True).strip() == sample["generated"]
+
+
+@pytest.mark.slow
 def test_only_the_method_s_parameters_train(trained: Trained) -> None:
     metrics = trained.result.metrics
     trainable, total = metrics["trainable_parameters"], metrics["total_parameters"]
@@ -251,8 +349,8 @@ def test_only_the_method_s_parameters_train(trained: Trained) -> None:
 
 @pytest.mark.slow
 def test_the_dpo_reference_is_the_adapter_free_base_or_a_frozen_copy(trained: Trained) -> None:
-    if trained.case.task != "preference":
-        pytest.skip("causal-lm has no reference policy")
+    if trained.case.task not in ("preference", "kto"):
+        pytest.skip("only DPO and KTO have a reference policy")
     from peft import PeftModel
 
     trainer = trained.result.trainer
@@ -598,5 +696,5 @@ def test_preference_conversations_may_carry_their_prompt() -> None:
 
 
 def test_preference_refuses_text_mixed_with_turns() -> None:
-    with pytest.raises(DataError, match="both hold text or both hold chat turns"):
+    with pytest.raises(DataError, match="must all hold text or all hold chat turns"):
         check("preference", [{"prompt": "p", "chosen": "a", "rejected": [{"role": "assistant", "content": "b"}]}])

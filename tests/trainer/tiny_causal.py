@@ -113,6 +113,32 @@ def build_model(directory: Path, vocab_size: int, *, hidden: int = 64, layers: i
     return model
 
 
+def build_tiny_seq2seq(directory: Path, *, hidden: int = 64, seed: int = 0) -> Path:
+    """A random 2+2-layer T5 (fp32) beside the same tokenizer, in ``directory``; decoding starts from the pad id."""
+    import torch
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    directory.mkdir(parents=True, exist_ok=True)
+    tokenizer = build_tokenizer(directory)
+    torch.manual_seed(seed)
+    config = T5Config(
+        vocab_size=len(tokenizer),
+        d_model=hidden,
+        d_kv=hidden // 4,
+        d_ff=hidden * 2,
+        num_layers=2,
+        num_decoder_layers=2,
+        num_heads=4,
+        dropout_rate=0.0,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        decoder_start_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=False,
+    )
+    T5ForConditionalGeneration(config).save_pretrained(str(directory))
+    return directory
+
+
 def build_tiny_causal(directory: Path) -> Path:
     """Tokenizer and model side by side in ``directory`` (a local model path, like a volume mount)."""
     directory.mkdir(parents=True, exist_ok=True)
@@ -163,6 +189,16 @@ def chat_rows(n: int, seed: int = 0) -> list[dict[str, Any]]:
     return rows
 
 
+def summary_rows(n: int, seed: int = 0) -> list[dict[str, Any]]:
+    """source / target rows (task seq2seq): a sentence and its two content words."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        word, colour = rng.choice(WORDS), rng.choice(COLOURS)
+        rows.append({"source": f"the {word} is {colour} and the {word} is here.", "target": f"{word} {colour}"})
+    return rows
+
+
 def preference_rows(n: int, seed: int = 0, *, conversational: bool = False) -> list[dict[str, Any]]:
     """prompt / chosen / rejected rows; plain strings or chat messages."""
     rng = random.Random(seed)
@@ -184,6 +220,17 @@ def preference_rows(n: int, seed: int = 0, *, conversational: bool = False) -> l
     return rows
 
 
+def feedback_rows(n: int, seed: int = 0) -> list[dict[str, Any]]:
+    """prompt / completion / label rows (task kto): the pairs of preference_rows, unpaired, alternating kinds."""
+    rows = []
+    for i, pair in enumerate(preference_rows(n, seed)):
+        desirable = i % 2 == 0
+        rows.append(
+            {"prompt": pair["prompt"], "completion": pair["chosen" if desirable else "rejected"], "label": desirable}
+        )
+    return rows
+
+
 # ---- building once per test session, and specs ----
 
 _BUILT: dict[str, Path] = {}
@@ -194,6 +241,13 @@ def cached_tiny_causal(factory: Any) -> Path:
     if "model" not in _BUILT:
         _BUILT["model"] = build_tiny_causal(factory.mktemp("tiny-causal"))
     return _BUILT["model"]
+
+
+def cached_tiny_seq2seq(factory: Any) -> Path:
+    """The tiny T5 directory, built once per test process."""
+    if "seq2seq" not in _BUILT:
+        _BUILT["seq2seq"] = build_tiny_seq2seq(factory.mktemp("tiny-seq2seq"))
+    return _BUILT["seq2seq"]
 
 
 def causal_spec(

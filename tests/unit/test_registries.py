@@ -57,7 +57,13 @@ def test_each_registry_holds_every_name_of_the_api_once() -> None:
 def test_each_unit_answers_for_its_own_name() -> None:
     assert all(unit.name == name for name, unit in TASKS.items())
     assert all(unit.name == name for name, unit in METHODS.items())
-    assert {unit.peft_task_type for unit in TASKS.values()} <= {"SEQ_CLS", "TOKEN_CLS", "QUESTION_ANS", "CAUSAL_LM"}
+    assert {unit.peft_task_type for unit in TASKS.values()} <= {
+        "SEQ_CLS",
+        "TOKEN_CLS",
+        "QUESTION_ANS",
+        "CAUSAL_LM",
+        "SEQ_2_SEQ_LM",
+    }
 
 
 def test_no_other_module_names_a_task_or_a_method() -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import shutil
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -30,8 +30,14 @@ log = logging.getLogger(__name__)
 MODEL_CARD = "README.md"
 
 
-def write_model_card(spec: FineTuneJobSpec, out: Path, metrics: Mapping[str, Any], location: JobLocation) -> Path:
-    """README.md for the final artifacts: what was trained, how well, how to load it, and the spec."""
+def write_model_card(
+    spec: FineTuneJobSpec,
+    out: Path,
+    metrics: Mapping[str, Any],
+    location: JobLocation,
+    samples: Sequence[Mapping[str, Any]] = (),
+) -> Path:
+    """README.md for the final artifacts: what was trained, how well, sample generations, how to load it, the spec."""
     m = spec.model
     base = m.name or m.uri or m.path
     resolved = out / RESOLVED_SPEC_FILE
@@ -68,7 +74,7 @@ Fine-tuned from `{base}` for **{spec.task.type}** with **{spec.method.type}** by
 |---|---|
 {rows}
 
-## Load it
+{_samples_section(samples)}## Load it
 
 ```python
 from finetune_trainer.engine import load_for_inference
@@ -85,6 +91,19 @@ run = load_for_inference("<this folder, downloaded>")
     path = out / MODEL_CARD
     path.write_text(text)
     return path
+
+
+def _samples_section(samples: Sequence[Mapping[str, Any]]) -> str:
+    """The model card's sample generations (greedy, on held-out prompts), or nothing."""
+    if not samples:
+        return ""
+    parts = ["## Sample generations\n\nGreedy answers of the final model to held-out prompts.\n"]
+    for i, sample in enumerate(samples, 1):
+        parts.append(f"### Sample {i}\n\nPrompt:\n\n```text\n{sample['prompt']}\n```\n")
+        parts.append(f"Generated:\n\n```text\n{sample['generated']}\n```\n")
+        if sample.get("reference") is not None:
+            parts.append(f"Reference:\n\n```text\n{sample['reference']}\n```\n")
+    return "\n".join(parts) + "\n"
 
 
 def save_merged_model(spec: FineTuneJobSpec, out: Path, model_path: str) -> Path:

@@ -8,6 +8,8 @@ Outputs in ``output_dir``:
   and the tokenizer, loadable with :func:`load_for_inference`;
 - ``checkpoint-N/`` directories written during training (a rerun resumes from the newest);
 - ``metrics.json``: final eval metrics, parameter counts, train runtime and throughput;
+- ``samples.jsonl`` (generative tasks): the final model's answers to a few test (else eval) prompts;
+- ``predictions.jsonl`` (classification, token classification, QA with a test split): one prediction per row;
 - ``spec.resolved.yaml``: the spec with every default filled in;
 - ``trainer_state.json``: the Trainer's log history.
 
@@ -27,7 +29,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import yaml
 
-from finetune_api.contract import METRICS_FILE, RESOLVED_SPEC_FILE
+from finetune_api.contract import METRICS_FILE, PREDICTIONS_FILE, RESOLVED_SPEC_FILE, SAMPLES_FILE
 from finetune_api.spec import (
     FineTuneJobSpec,
     wire,
@@ -38,7 +40,7 @@ from finetune_trainer import kernels
 from finetune_trainer.arguments import DeviceCapability, resolve_precision, training_kwargs
 from finetune_trainer.data import load_datasets, load_retry_seconds
 from finetune_trainer.errors import ConfigError, RetryableError, retry_transient
-from finetune_trainer.evaluation import evaluate_test_split
+from finetune_trainer.evaluation import evaluate_test_split, sample_generations
 from finetune_trainer.job_location import step_of
 from finetune_trainer.methods import get_method
 from finetune_trainer.methods.base import HasRunHooks, count_parameters
@@ -335,9 +337,10 @@ def _train(
     train_output = trainer.train(resume_from_checkpoint=checkpoint)
     sigterm.raise_if_stopped(s3_output)
     eval_metrics = trainer.evaluate() if trainer.eval_dataset is not None else {}
-    test_metrics = evaluate_test_split(task, ctx, trainer.model)
+    test_metrics, predictions = evaluate_test_split(task, ctx, trainer.model)
     if reporter is not None and test_metrics:
         reporter.update(FineTuneJobStatus(test_metrics=test_metrics))
+    samples = sample_generations(task, ctx, trainer.model)  # every rank: a sharded model generates collectively
 
     # Every rank calls save_model (DeepSpeed/FSDP gather weights collectively); only rank 0 writes.
     trainer.save_model(str(out))
@@ -355,12 +358,15 @@ def _train(
     if trainer.is_world_process_zero():
         out.mkdir(parents=True, exist_ok=True)
         (out / METRICS_FILE).write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+        for name, rows in ((SAMPLES_FILE, samples), (PREDICTIONS_FILE, predictions)):
+            if rows:
+                (out / name).write_text("".join(json.dumps(row) + "\n" for row in rows))
         resolved = resolved_spec(spec, metric, trainer.model, runtime)
         (out / RESOLVED_SPEC_FILE).write_text(yaml.safe_dump(wire(resolved), sort_keys=False))
     if s3_output is not None:
         merged = None
         if trainer.is_world_process_zero():
-            write_model_card(spec, out, metrics, s3_output.location)
+            write_model_card(spec, out, metrics, s3_output.location, samples)
             merged = save_merged_model(spec, out, model_path) if spec.output.save_merged_model else None
         s3_output.finish(trainer, metrics, merged=merged)  # final artifacts and manifest to S3
     return RunResult(metrics=metrics, model=trainer.model, tokenizer=tokenizer, trainer=trainer, output_dir=out)

@@ -58,6 +58,7 @@ from finetune_api.contract import (
     ENV_S3_PART_TIMEOUT,
     ENV_S3_UPLOAD_QUEUE,
     METRICS_FILE,
+    PREDICTIONS_FILE,
 )
 from finetune_api.status import Artifacts, FineTuneJobStatus, now
 from finetune_trainer.checkpoint_store import (
@@ -295,6 +296,9 @@ class S3JobOutput:
             artifacts = Artifacts(
                 model=str(self.location.final),
                 metrics=str(self.location.final.join(METRICS_FILE)),
+                predictions=str(self.location.final.join(PREDICTIONS_FILE))
+                if (self.output_dir / PREDICTIONS_FILE).is_file()
+                else None,
                 merged_model=str(self.location.merged) if merged is not None else None,
             )
             common = {"globalStep": trainer.state.global_step, "resumedFrom": self.resumed_from}

@@ -11,10 +11,13 @@ from finetune_api.matrix import TASKS as API_TASKS
 from finetune_trainer.errors import ConfigError
 from finetune_trainer.tasks.base import TaskUnit
 from finetune_trainer.tasks.causal_lm import CausalLmTask
+from finetune_trainer.tasks.kto import KtoTask
+from finetune_trainer.tasks.orpo import OrpoTask
 from finetune_trainer.tasks.preference import PreferenceTask
 from finetune_trainer.tasks.question_answering import QuestionAnsweringTask
 from finetune_trainer.tasks.regression import RegressionTask
 from finetune_trainer.tasks.reward_modeling import RewardModelingTask
+from finetune_trainer.tasks.seq2seq import Seq2SeqTask
 from finetune_trainer.tasks.sequence_classification import SequenceClassificationTask
 from finetune_trainer.tasks.token_classification import TokenClassificationTask
 
@@ -23,8 +26,11 @@ TASKS: dict[str, TaskUnit] = {
     "regression": RegressionTask(),
     "token-classification": TokenClassificationTask(),
     "question-answering": QuestionAnsweringTask(),
+    "seq2seq": Seq2SeqTask(),
     "causal-lm": CausalLmTask(),
     "preference": PreferenceTask(),
+    "orpo": OrpoTask(),
+    "kto": KtoTask(),
     "reward-modeling": RewardModelingTask(),
 }
 

@@ -88,6 +88,33 @@ class ChecksWithTokenizer(Protocol):
         ...
 
 
+@runtime_checkable
+class GeneratesText(Protocol):
+    """A generative task: its rows have a prompt the trained model can answer (sample generations in the model card)."""
+
+    def sample_prompts(
+        self, spec: FineTuneJobSpec, dataset: Dataset, tokenizer: PreTrainedTokenizerBase
+    ) -> list[tuple[str, str | None]]:
+        """(prompt as the model reads it, the row's reference response or None) for each row that has a prompt."""
+        ...
+
+
+class PredictionRecorder:
+    """A Trainer's compute_metrics that also keeps what the model predicted for each evaluated example.
+
+    ``score`` returns the metrics and one JSON-ready prediction per example (label names, tag lists, answer
+    texts), in dataset order; the latest evaluation's are in ``predictions`` (the test split's predictions.jsonl).
+    """
+
+    def __init__(self, score: Callable[[Any], tuple[dict[str, float], list[Any]]]):
+        self.score = score
+        self.predictions: list[Any] = []
+
+    def __call__(self, prediction: Any) -> dict[str, float]:
+        metrics, self.predictions = self.score(prediction)
+        return metrics
+
+
 def best_model_metric(task: TaskUnit, spec: FineTuneJobSpec) -> tuple[str, bool]:
     """The metric that picks the best checkpoint and whether higher is better.
 

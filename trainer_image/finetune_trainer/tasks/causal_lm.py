@@ -207,6 +207,20 @@ class CausalLmTask:
         if text_format(spec) == "messages":
             require_chat_template(tokenizer, "task.format: messages renders the turns")
 
+    def sample_prompts(
+        self, spec: FineTuneJobSpec, dataset: Dataset, tokenizer: PreTrainedTokenizerBase
+    ) -> list[tuple[str, str | None]]:
+        """alpaca: the prompt and output; chat: the turns before the last reply, templated; text has no prompt."""
+        fmt, columns = text_format(spec), format_columns(spec)
+        if fmt == "alpaca":
+            context = columns["input"]
+            return [(_alpaca_prompt(r[columns["instruction"]], r.get(context)), r[columns["output"]]) for r in dataset]
+        if fmt == "text":
+            return []
+        turns = [split_last_assistant(clean_messages(r[columns["messages"]])) for r in dataset]
+        render = functools.partial(tokenizer.apply_chat_template, add_generation_prompt=True, tokenize=False)
+        return [(str(render(prompt)), reply[0]["content"]) for prompt, reply in turns]
+
     def load_model(self, spec: FineTuneJobSpec, model_path: str, load_kwargs: dict[str, Any]) -> PreTrainedModel:
         """The base model with its language-modelling head."""
         from transformers import AutoModelForCausalLM

@@ -68,6 +68,7 @@ class PreferenceTask:
     )
     default_metric = "eval_loss"
     greater_is_better = False
+    response_roles: tuple[str, ...] = RESPONSE_ROLES  # the roles holding responses (text or chat turns)
 
     def column_roles(self, spec: FineTuneJobSpec) -> dict[str, str]:
         """Role -> dataset column (prompt, chosen, rejected)."""
@@ -82,7 +83,7 @@ class PreferenceTask:
 
         problems = CheckProblems()
         for split, dataset in datasets.items():
-            for check in _split_checks(spec, self.column_roles(spec), split, dataset):
+            for check in _split_checks(spec, self.column_roles(spec), split, dataset, self.response_roles):
                 with problems.check():
                     check()
         problems.raise_if_any()
@@ -91,9 +92,26 @@ class PreferenceTask:
         self, spec: FineTuneJobSpec, datasets: DatasetDict, tokenizer: PreTrainedTokenizerBase
     ) -> None:
         """Chat-turn pairs need the model's chat template (checked by ``validate``, before any weights load)."""
-        chosen = self.column_roles(spec)["chosen"]
-        if any(_is_chat(dataset, chosen) for dataset in datasets.values()):
+        response = self.column_roles(spec)[self.response_roles[0]]
+        if any(_is_chat(dataset, response) for dataset in datasets.values()):
             require_chat_template(tokenizer, "preference pairs given as chat turns are rendered")
+
+    def sample_prompts(
+        self, spec: FineTuneJobSpec, dataset: Dataset, tokenizer: PreTrainedTokenizerBase
+    ) -> list[tuple[str, str | None]]:
+        """(prompt, first response) of each row with a prompt column; chat turns rendered with the chat template."""
+        columns = self.column_roles(spec)
+        if columns["prompt"] not in dataset.column_names:
+            return []
+        samples: list[tuple[str, str | None]] = []
+        for row in dataset:
+            prompt, response = as_messages(row[columns["prompt"]]), as_messages(row[columns[self.response_roles[0]]])
+            if isinstance(prompt, list):
+                text = tokenizer.apply_chat_template(clean_messages(prompt), add_generation_prompt=True, tokenize=False)
+                samples.append((str(text), response[-1]["content"] if response else None))
+            else:
+                samples.append((prompt, response))
+        return samples
 
     def load_model(self, spec: FineTuneJobSpec, model_path: str, load_kwargs: dict[str, Any]) -> PreTrainedModel:
         """The policy: the base causal LM with its language-modelling head."""
@@ -131,15 +149,18 @@ class PreferenceTask:
         return trainer
 
 
-def format_pairs(dataset: Dataset, columns: dict[str, str]) -> Dataset:
-    """A split with DPOTrainer's column names (prompt, chosen, rejected); chat turns reduced to role and content."""
+def format_pairs(
+    dataset: Dataset, columns: dict[str, str], responses: tuple[str, ...] = RESPONSE_ROLES, keep: tuple[str, ...] = ()
+) -> Dataset:
+    """A split with TRL's column names (prompt and the response roles, plus ``keep``); chat turns reduced to role
+    and content."""
     original = dataset.column_names
-    conversational = _is_chat(dataset, columns["chosen"])
+    conversational = _is_chat(dataset, columns[responses[0]])
     has_prompt = columns["prompt"] in original
 
     def pair(row: dict[str, Any]) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for role in ("prompt", *RESPONSE_ROLES):
+        out: dict[str, Any] = {role: row[columns[role]] for role in keep}
+        for role in ("prompt", *responses):
             if role == "prompt" and not has_prompt:
                 continue
             value = row[columns[role]]
@@ -166,6 +187,18 @@ def drop_reference_adapter(model: Any) -> bool:
     return True
 
 
+def settle_reference(trainer: Any, what: str) -> None:
+    """After a TRL trainer with a reference policy is built: the adapter-free base, or a frozen copy, as reference."""
+    if drop_reference_adapter(trainer.model):
+        log.info("%s reference: the base model with the adapter disabled (no second model in memory)", what)
+    elif trainer.ref_model is not None:
+        # TRL's copy of the base only ever runs under no_grad; freezing it says so and keeps it out of
+        # anything that collects trainable parameters.
+        trainer.ref_model.requires_grad_(False)
+        trainer.ref_model.eval()
+        log.info("%s reference: a frozen copy of the base model (full fine-tuning)", what)
+
+
 @functools.cache
 def dpo_trainer_class() -> type:
     """DPOTrainer with prompt truncation and an adapter-off reference (built on first use: TRL is slow to import)."""
@@ -178,14 +211,7 @@ def dpo_trainer_class() -> type:
             # Read by _prepare_dataset, which the parent's __init__ calls.
             self._max_prompt_length = max_prompt_length
             super().__init__(*args, **kwargs)
-            if drop_reference_adapter(self.model):
-                log.info("DPO reference: the base model with the adapter disabled (no second model in memory)")
-            elif self.ref_model is not None:
-                # TRL's copy of the base only ever runs under no_grad; freezing it says so and keeps it out of
-                # anything that collects trainable parameters.
-                self.ref_model.requires_grad_(False)
-                self.ref_model.eval()
-                log.info("DPO reference: a frozen copy of the base model (full fine-tuning)")
+            settle_reference(self, "DPO")
 
         def _prepare_dataset(self, dataset: Any, processing_class: Any, args: Any, dataset_name: str) -> Any:
             dataset = super()._prepare_dataset(dataset, processing_class, args, dataset_name)
@@ -202,24 +228,22 @@ def dpo_trainer_class() -> type:
 
 
 def _split_checks(
-    spec: FineTuneJobSpec, columns: dict[str, str], split: str, dataset: Dataset
+    spec: FineTuneJobSpec, columns: dict[str, str], split: str, dataset: Dataset, roles: tuple[str, ...]
 ) -> Iterator[Callable[[], None]]:
     """The checks of one split, each independent of the others' outcome once the columns exist."""
     from finetune_trainer.data import describe_split, require_columns
 
     where = describe_split(spec, split)
-    responses = {role: columns[role] for role in RESPONSE_ROLES}
+    responses = {role: columns[role] for role in roles}
     yield lambda: require_columns(dataset, spec, split, responses)
     if any(column not in dataset.column_names for column in responses.values()):
-        return  # the row checks below need both response columns
-    conversational = _is_chat(dataset, columns["chosen"])
-    if conversational != _is_chat(dataset, columns["rejected"]):
+        return  # the row checks below need every response column
+    conversational = _is_chat(dataset, columns[roles[0]])
+    if any(_is_chat(dataset, column) != conversational for column in responses.values()):
 
         def mixed() -> None:
-            raise DataError(
-                f"{where}: column {columns['chosen']!r} (chosen role) and {columns['rejected']!r} (rejected role) "
-                "must both hold text or both hold chat turns"
-            )
+            named = " and ".join(f"{column!r} ({role} role)" for role, column in responses.items())
+            raise DataError(f"{where}: columns {named} must all hold text or all hold chat turns")
 
         yield mixed
         return

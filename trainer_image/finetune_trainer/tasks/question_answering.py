@@ -20,6 +20,7 @@ from finetune_trainer.data import describe_split, require_columns
 from finetune_trainer.data_checks import RowProblems
 from finetune_trainer.errors import DataError
 from finetune_trainer.tasks.base import (
+    PredictionRecorder,
     RunContext,
     column_roles_for,
     pad_multiple,
@@ -340,14 +341,17 @@ def best_spans(
 def metrics_function(
     contexts: list[str], references: list[list[str]], example_index: list[int], offsets: list[list[Any]]
 ) -> Any:
-    """compute_metrics over the evaluation windows (in dataset order): SQuAD exact_match and f1."""
+    """compute_metrics over the evaluation windows (in dataset order): SQuAD exact_match and f1.
+
+    Records each example's answer text (empty: no answer).
+    """
     allow_empty = any(not refs for refs in references)
 
-    def compute(prediction: EvalPrediction) -> dict[str, float]:
+    def score(prediction: EvalPrediction) -> tuple[dict[str, float], list[Any]]:
         import numpy as np
 
         start_logits, end_logits = (np.asarray(x) for x in prediction.predictions[:2])
         texts = best_spans(start_logits, end_logits, contexts, example_index, offsets, allow_empty=allow_empty)
-        return squad_scores(texts, references)
+        return squad_scores(texts, references), list(texts)
 
-    return compute
+    return PredictionRecorder(score)

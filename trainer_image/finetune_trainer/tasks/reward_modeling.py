@@ -31,6 +31,10 @@ class RewardModelingTask(PreferenceTask):
     default_metric = "accuracy"
     greater_is_better = True
 
+    def sample_prompts(self, spec: FineTuneJobSpec, dataset: Any, tokenizer: Any) -> list[tuple[str, str | None]]:
+        """None: a reward model scores text, it generates none."""
+        return []
+
     def load_model(self, spec: FineTuneJobSpec, model_path: str, load_kwargs: dict[str, Any]) -> PreTrainedModel:
         """The base with a one-output score head."""
         from transformers import AutoModelForSequenceClassification

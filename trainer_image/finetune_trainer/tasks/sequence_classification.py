@@ -14,6 +14,7 @@ from finetune_trainer.data_checks import RowProblems
 from finetune_trainer.losses import binary_cross_entropy_loss, cross_entropy_loss
 from finetune_trainer.tasks.base import (
     LabelIndex,
+    PredictionRecorder,
     RunContext,
     column_roles_for,
     load_labelled_model,
@@ -189,11 +190,15 @@ def _logits(predictions: Any) -> np.ndarray:
 
 
 def metrics_function(spec: FineTuneJobSpec) -> Any:
-    """compute_metrics for the Trainer: accuracy + macro F1, or (multi-label) micro/macro F1 + subset accuracy."""
+    """compute_metrics for the Trainer: accuracy + macro F1, or (multi-label) micro/macro F1 + subset accuracy.
+
+    Records each example's predicted label name (multi-label: the list of names over the threshold).
+    """
     threshold = spec.task.threshold
     multi_label = spec.task.multi_label
+    names = spec.task.labels
 
-    def compute(prediction: EvalPrediction) -> dict[str, float]:
+    def score(prediction: EvalPrediction) -> tuple[dict[str, float], list[Any]]:
         import numpy as np
         from sklearn.metrics import accuracy_score, f1_score
 
@@ -203,15 +208,16 @@ def metrics_function(spec: FineTuneJobSpec) -> Any:
             # sigmoid(x) > t  <=>  x > logit(t); no overflow for large logits.
             predicted = (logits > np.log(threshold / (1 - threshold))).astype(int)
             truth = labels.astype(int)
+            chosen = [[names[i] for i in np.flatnonzero(row)] for row in predicted]
             return {
                 "f1_micro": float(f1_score(truth, predicted, average="micro", zero_division=0)),
                 "f1_macro": float(f1_score(truth, predicted, average="macro", zero_division=0)),
                 "subset_accuracy": float(accuracy_score(truth, predicted)),
-            }
+            }, chosen
         predicted = logits.argmax(axis=-1)
         return {
             "accuracy": float(accuracy_score(labels, predicted)),
             "f1_macro": float(f1_score(labels, predicted, average="macro", zero_division=0)),
-        }
+        }, [names[i] for i in predicted]
 
-    return compute
+    return PredictionRecorder(score)

@@ -18,6 +18,7 @@ from finetune_trainer.data_checks import RowProblems
 from finetune_trainer.losses import IGNORE_INDEX, cross_entropy_loss
 from finetune_trainer.tasks.base import (
     LabelIndex,
+    PredictionRecorder,
     RunContext,
     column_roles_for,
     flattening_collator,
@@ -170,9 +171,12 @@ class TokenClassificationTask:
 
 
 def metrics_function(labels: list[str]) -> Any:
-    """compute_metrics: seqeval precision, recall, F1 (entity level) and accuracy (tag level)."""
+    """compute_metrics: seqeval precision, recall, F1 (entity level) and accuracy (tag level).
 
-    def compute(prediction: EvalPrediction) -> dict[str, float]:
+    Records each example's predicted tags, one per word (the tag of its first sub-token).
+    """
+
+    def score(prediction: EvalPrediction) -> tuple[dict[str, float], list[Any]]:
         import numpy as np
         from seqeval.metrics import accuracy_score, f1_score, precision_score, recall_score
 
@@ -190,6 +194,6 @@ def metrics_function(labels: list[str]) -> Any:
             "recall": float(recall_score(truth, guess, zero_division=0)),
             "f1": float(f1_score(truth, guess, zero_division=0)),
             "accuracy": float(accuracy_score(truth, guess)),
-        }
+        }, guess
 
-    return compute
+    return PredictionRecorder(score)
