@@ -18,7 +18,7 @@ from finetune_api.contract import ENV_S3_ACCESS_KEY_ID, ENV_S3_SECRET_ACCESS_KEY
 from kubectl_finetune.formatting import number
 from kubectl_finetune.kube import Cluster, CommandError
 
-GENERATION_TASKS = ("causal-lm", "preference", "seq2seq")
+GENERATION_TASKS = ("causal-lm", "preference", "orpo", "kto", "seq2seq")
 MAX_NEW_TOKENS = 64
 QA_WINDOW, QA_STRIDE = 384, 128  # question-answering: tokens per window of the passage, overlap between windows
 
