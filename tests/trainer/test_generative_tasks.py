@@ -695,6 +695,13 @@ def test_preference_conversations_may_carry_their_prompt() -> None:
     )
 
 
+def test_kto_needs_a_true_or_false_label_per_row() -> None:
+    with pytest.raises(DataError, match="no column 'label'"):
+        check("kto", [{"prompt": "p", "completion": "a"}])
+    with pytest.raises(DataError, match=r"row 1, column 'label': \(label role\) expected true \(desirable\)"):
+        check("kto", [{"prompt": "p", "completion": "a", "label": v} for v in ("yes", "maybe")])
+
+
 def test_preference_refuses_text_mixed_with_turns() -> None:
     with pytest.raises(DataError, match="must all hold text or all hold chat turns"):
         check("preference", [{"prompt": "p", "chosen": "a", "rejected": [{"role": "assistant", "content": "b"}]}])

@@ -20,7 +20,7 @@ from __future__ import annotations
 import functools
 from typing import TYPE_CHECKING, Any
 
-from finetune_trainer.data import describe_split
+from finetune_trainer.data import describe_split, require_columns
 from finetune_trainer.data_checks import RowProblems
 from finetune_trainer.tasks.base import RunContext
 from finetune_trainer.tasks.causal_lm import check_kept_examples, trl_config_kwargs
@@ -51,6 +51,7 @@ class KtoTask(PreferenceTask):
         label = self.column_roles(spec)["label"]
         problems = RowProblems()
         for split, dataset in datasets.items():
+            require_columns(dataset, spec, split, {"label": label})
             for row, value in enumerate(dataset[label]):
                 if not isinstance(value, bool):
                     problems.add(
