@@ -340,7 +340,9 @@ def _train(
     test_metrics, predictions = evaluate_test_split(task, ctx, trainer.model)
     if reporter is not None and test_metrics:
         reporter.update(FineTuneJobStatus(test_metrics=test_metrics))
-    samples = sample_generations(task, ctx, trainer.model)  # every rank: a sharded model generates collectively
+    # model.generate bypasses the FSDP/DeepSpeed wrappers that gather sharded weights: no samples there.
+    sharded = trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled
+    samples = [] if sharded else sample_generations(task, ctx, trainer.model)
 
     # Every rank calls save_model (DeepSpeed/FSDP gather weights collectively); only rank 0 writes.
     trainer.save_model(str(out))

@@ -6,7 +6,8 @@ training (QA's window post-processing, TRL's tokenisation). That trainer has no 
 reports progress nor uploads checkpoints. Metrics come back with a ``test_`` prefix.
 
 Generative tasks also answer a few prompts of the test split (else the eval split) with the final model,
-greedily: :func:`sample_generations`, written to ``samples.jsonl`` and into the model card.
+greedily: :func:`sample_generations`, written to ``samples.jsonl`` and into the model card (not under FSDP or
+DeepSpeed, whose sharded weights ``generate`` cannot gather).
 """
 
 from __future__ import annotations
