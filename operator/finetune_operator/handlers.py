@@ -223,6 +223,8 @@ def _reconcile(body: dict[str, Any], is_new: bool, retry: int = 0) -> None:
         else:
             if (sized := with_resolved_sizing(spec, job)) is not spec:  # keeps the sizing it was created with
                 children = build_children(parent, sized, SETTINGS)
+            elif preflight_run.awaits_preflight(job, spec, SETTINGS):  # created suspended, now resumed
+                children = _preflight_pod_step(ref, known, parent, spec, children, body, retry)
             job, pending = _apply_change(parent, children, job)
         _sync_status(ref, known, job, (spec.resources.nodes, spec.resources.gpus_per_node))
         if pending or job is None:

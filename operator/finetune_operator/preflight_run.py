@@ -7,8 +7,9 @@ stall the job with their field paths; an unreachable service is checked again wi
 failure); a job that does not fit the GPUs of the nodes it can land on is stalled with computed
 alternatives; ``training.sizing: auto`` is resolved for those GPUs. Only then does the Job exist.
 
-A suspended job, and one that waits in a Kueue queue, gets no preflight pod: its Job is created
-suspended as before, and nothing of the job runs until it is resumed or admitted.
+A suspended job gets no preflight pod while suspended: its Job is created suspended and marked as
+owing the preflight, which runs when ``runPolicy.suspend`` turns false, before the Job is resumed.
+A job that waits in a Kueue queue gets none: Kueue resumes its Job when it admits it.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from finetune_api.contract import API_GROUP
 from finetune_api.model_shapes import EstimateUnavailable
 from finetune_api.sizing import estimate_status, fit_report
 from finetune_api.spec import FineTuneJobSpec, wire
@@ -31,6 +33,9 @@ from finetune_operator.updates import config_map_patch
 
 log = logging.getLogger("finetune_operator")
 POLL_SECONDS = 3.0
+# On the Job: whether the preflight ran before it (passed) or is still owed (pending: created suspended).
+PREFLIGHT_ANNOTATION = f"{API_GROUP}/preflight"
+PREFLIGHT_PASSED, PREFLIGHT_PENDING = "passed", "pending"
 STUCK_POLL_SECONDS = 30.0
 
 Build = Callable[[FineTuneJobSpec], list[dict[str, Any]]]
@@ -75,10 +80,12 @@ def ensure_children(parent: Parent, children: list[dict[str, Any]]) -> None:
 def before_job(
     parent: Parent, spec: FineTuneJobSpec, children: list[dict[str, Any]], settings: OperatorSettings, build: Build
 ) -> Step:
-    """One step of the pod preflight and fit check for a job whose Job does not exist yet."""
+    """One step of the pod preflight and fit check for a job whose Job does not exist yet (or owes it)."""
     rp = spec.run_policy
-    if not settings.preflight_pod or rp.suspend or rp.queue_name:
+    if not settings.preflight_pod:
         return Step(children)
+    if rp.suspend or rp.queue_name:
+        return Step(_marked(children, PREFLIGHT_PENDING))
     job = children[-1]
     name = preflight_pod_name(job["metadata"]["name"])
     pod = kube.read_pod(parent.namespace, name)
@@ -107,7 +114,21 @@ def before_job(
     _unreachable.pop(key, None)
     if result.problems:
         return Step(waiting=list(result.problems), retry_in=None)
-    return _fit(parent, spec, children, settings, build, result.model_config)
+    step = _fit(parent, spec, children, settings, build, result.model_config)
+    return Step(_marked(step.children, PREFLIGHT_PASSED), estimate=step.estimate) if step.children else step
+
+
+def _marked(children: list[dict[str, Any]], state: str) -> list[dict[str, Any]]:
+    children[-1]["metadata"].setdefault("annotations", {})[PREFLIGHT_ANNOTATION] = state
+    return children
+
+
+def awaits_preflight(job: dict[str, Any], spec: FineTuneJobSpec, settings: OperatorSettings) -> bool:
+    """A Job created suspended without the preflight, now resumed (and not left to a Kueue queue): it runs first."""
+    annotations = (job.get("metadata") or {}).get("annotations") or {}
+    rp = spec.run_policy
+    pending = annotations.get(PREFLIGHT_ANNOTATION) == PREFLIGHT_PENDING
+    return settings.preflight_pod and pending and not rp.suspend and not rp.queue_name
 
 
 def _fit(

@@ -203,3 +203,24 @@ def test_an_unreachable_service_is_retried_and_the_job_recovers(preflight_operat
     end_preflight_pod(kube, ns, "flaky", PreflightResult(model_config=LLAMA_7B), after=first)
     wait_for("the Job", lambda: None if no_job(kube, ns, "flaky") else True, timeout=90)
     assert get(kube, ns, "ftj", "flaky")["status"]["phase"] != "Failed"
+
+
+def test_a_job_created_suspended_runs_the_preflight_when_resumed(preflight_operator: tuple[Kube, str]) -> None:
+    kube, ns = preflight_operator
+    manifest = llama_job("later", ns, {"type": "lora"}, batchSizePerDevice=1)
+    manifest["spec"]["runPolicy"] = {"suspend": True}
+    apply(kube, ns, manifest)
+    job = wait_for("the suspended Job", lambda: None if no_job(kube, ns, "later") else get(kube, ns, "job", "later"))
+    assert job["spec"]["suspend"] is True
+    assert _absent(kube, ns, "later-preflight")  # nothing of the job runs while it is suspended
+
+    kube.kubectl("patch", "ftj", "later", "-n", ns, "--type=merge", "-p", '{"spec": {"runPolicy": {"suspend": false}}}')
+    end_preflight_pod(kube, ns, "later", PreflightResult(model_config=LLAMA_7B))
+
+    def resumed_job() -> dict[str, Any] | None:
+        job = get(kube, ns, "job", "later")
+        return job if job["spec"]["suspend"] is False else None
+
+    resumed = wait_for("the Job resumed after the preflight", resumed_job, timeout=90)
+    assert resumed["metadata"]["annotations"]["finetune.dev/preflight"] == "passed"
+    assert get(kube, ns, "ftj", "later")["status"]["memoryEstimate"]["verdict"] == "FitsGPU"
