@@ -86,7 +86,9 @@ def test_api_server_accepts_every_example_and_fills_defaults(crds: Kube, kube_na
 
 def test_spec_changes_are_refused_naming_the_field(crds: Kube, kube_namespace: str) -> None:
     ns = kube_namespace
-    crds.kubectl("apply", "-n", ns, "-f", "-", input=ftj("imm"))
+    # Pods that keep running: the session operator (when started) must not finish the job on
+    # KWOK before the suspend below, or the "running job" refusals would not be what's tested.
+    crds.kubectl("apply", "-n", ns, "-f", "-", input=with_pods(ftj("imm"), delay="600s"))
 
     def patch(spec: dict[str, Any]) -> Any:
         body = json.dumps({"spec": spec})
