@@ -148,8 +148,9 @@ def resumable_spec(
     **training: Any,
 ) -> dict[str, Any]:
     """A LoRA run of ``task`` with S3 output: sentiment on the tiny BERT, seq2seq on a T5, ORPO/KTO on a Llama."""
-    if task == "sequence-classification":
-        return sentiment_spec(tiny_bert, sentiment_files, output, **training)
+    if task == "sequence-classification":  # with a test file: its predictions go to S3
+        files = {**sentiment_files, "test": sentiment_files["validation"]}
+        return sentiment_spec(tiny_bert, files, output, **training)
     from tests.trainer import tiny, tiny_causal
 
     if task == "seq2seq":
@@ -157,7 +158,10 @@ def resumable_spec(
     else:
         rows = tiny_causal.feedback_rows if task == "kto" else tiny_causal.preference_rows
         model = tiny_causal.build_tiny_causal(tmp_path / "llama")
-    files = {"train": str(tiny.write_jsonl(tmp_path / f"{task}.jsonl", rows(32, seed=0)))}
+    files = {
+        "train": str(tiny.write_jsonl(tmp_path / f"{task}.jsonl", rows(32, seed=0))),
+        "validation": str(tiny.write_jsonl(tmp_path / f"{task}-val.jsonl", rows(8, seed=1))),
+    }
     spec = tiny_causal.causal_spec(model, {"type": task}, files, {"type": "lora"}, **training)
     spec["output"] = output
     return spec
@@ -195,6 +199,9 @@ def test_a_rerun_resumes_from_the_newest_checkpoint_that_has_a_manifest(
     assert counter.steps == 4  # steps 3..6: resumed from checkpoint-2
     final = store.storage.read_json(store.location.final.join(MANIFEST))
     assert final["resumedFrom"] == {"checkpoint": str(store.location.checkpoint(2)), "globalStep": 2}
+    # The test predictions (classification) or the sample generations (generative tasks) went up with the model.
+    extra = "predictions.jsonl" if task == "sequence-classification" else "samples.jsonl"
+    assert extra in final["files"], sorted(final["files"])
 
 
 def test_resuming_with_another_lora_rank_is_refused_before_anything_loads(
