@@ -114,6 +114,7 @@ def _sync_status(
     topology: tuple[int, int],
     problems: list[str] | None = None,
     waiting_for: list[str] | None = None,
+    preflight: str | None = None,
 ) -> None:
     """Recompute the operator-owned status, patch it if it changed, and post events for changes."""
     meta = ref["metadata"]
@@ -134,6 +135,7 @@ def _sync_status(
             waiting_for=waiting_for,
             timestamp=now(),
             last_failure=last_failure,
+            preflight=preflight,
         )
         patch = status_patch(known.status, new)
         if patch is not None:
@@ -251,7 +253,8 @@ def _preflight_pod_step(
         kube.patch_status(parent.namespace, parent.name, preflight_run.estimate_patch(step.estimate))
     if step.children is not None:
         return step.children
-    _sync_status(ref, known, None, _spec_topology(body), waiting_for=step.waiting or None)
+    waiting, checking = step.waiting or None, None if step.waiting else step.reason
+    _sync_status(ref, known, None, _spec_topology(body), waiting_for=waiting, preflight=checking)
     delay = preflight_retry_delay(retry) if step.retry_in is None else step.retry_in
     raise kopf.TemporaryError(f"preflight: {(step.waiting or [step.reason])[0]}", delay=delay)
 

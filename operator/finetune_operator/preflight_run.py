@@ -9,7 +9,10 @@ alternatives; ``training.sizing: auto`` is resolved for those GPUs. Only then do
 
 A suspended job gets no preflight pod while suspended: its Job is created suspended and marked as
 owing the preflight, which runs when ``runPolicy.suspend`` turns false, before the Job is resumed.
-A job that waits in a Kueue queue gets none: Kueue resumes its Job when it admits it.
+A job in a Kueue queue (``queueName``) gets its preflight pod before its Job exists, like any other:
+the pod requests no GPU and has no queue label, so it holds no quota, and a job that would fail is
+refused before it waits in the queue; its Job is created (and admitted by Kueue) only after a pass.
+One created suspended in a queue is left to Kueue, as before (Kueue resumes its Job when it admits it).
 """
 
 from __future__ import annotations
@@ -37,6 +40,11 @@ POLL_SECONDS = 3.0
 PREFLIGHT_ANNOTATION = f"{API_GROUP}/preflight"
 PREFLIGHT_PASSED, PREFLIGHT_PENDING = "passed", "pending"
 STUCK_POLL_SECONDS = 30.0
+# The status message while the preflight pod runs (followed by the pod's state).
+CHECKING = (
+    "a CPU pod is checking model access, the data and the S3 output, then the GPU-memory fit; "
+    "no GPU is requested until it passes"
+)
 
 Build = Callable[[FineTuneJobSpec], list[dict[str, Any]]]
 
@@ -84,7 +92,7 @@ def before_job(
     rp = spec.run_policy
     if not settings.preflight_pod:
         return Step(children)
-    if rp.suspend or rp.queue_name:
+    if rp.suspend:
         return Step(_marked(children, PREFLIGHT_PENDING))
     job = children[-1]
     name = preflight_pod_name(job["metadata"]["name"])
@@ -95,12 +103,12 @@ def before_job(
     if pod is None:
         ensure_children(parent, children)
         kube.create(build_preflight_pod(job, parent.generation))
-        return Step(reason="the preflight pod started: checking model access, data and the S3 output")
+        return Step(reason=f"{CHECKING} (the preflight pod started)")
     outcome = pod_outcome(pod)
     if outcome.stuck:  # stalled with the reason, looked at again (the image or a node may come)
         return Step(waiting=[f"{outcome.waiting}; no GPU is requested until it has run"], retry_in=STUCK_POLL_SECONDS)
     if not outcome.done:
-        return Step(reason=outcome.waiting)
+        return Step(reason=f"{CHECKING} ({outcome.waiting})")
     kube.delete_pod(parent.namespace, name)  # the next look runs a fresh one
     key = (parent.namespace, parent.name, parent.generation)
     result = outcome.result

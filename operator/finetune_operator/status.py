@@ -33,6 +33,8 @@ _CONDITIONS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     # A referenced object is missing: stalled until someone creates it, but not failed (checked again).
     "PreflightFailed": (("Stalled",), ("Ready", "Reconciling", "Failed")),
     "Creating": (("Reconciling",), ("Created", "Ready", "Stalled")),
+    # The CPU preflight pod is checking the job; no Job (no GPU request) yet.
+    "Preflight": (("Reconciling",), ("Created", "Ready", "Stalled")),
     "Succeeded": (("Created", "Succeeded", "Ready"), ("Running", "Reconciling", "Stalled")),
     "Failed": (("Created", "Failed", "Stalled"), ("Running", "Ready", "Reconciling")),
     "Suspended": (("Created", "Suspended"), ("Running", "Ready", "Reconciling", "Stalled")),
@@ -111,13 +113,15 @@ def desired_status(
     waiting_for: list[str] | None = None,
     timestamp: str = "",
     last_failure: str | None = None,
+    preflight: str | None = None,
 ) -> FineTuneJobStatus:
     """The operator's part of the status for the current state (condition times set to ``timestamp``).
 
     ``job`` is the batch/v1 Job (None before it exists); ``problems`` are spec problems
     the API server could not refuse, which stall the job with the field path and fix; ``waiting_for``
     are objects the preflight found missing, which stall it until they exist (phase stays Pending);
-    ``last_failure`` (:func:`pod_failure_reason`) is why the last pod failed, told in a failed job's message.
+    ``last_failure`` (:func:`pod_failure_reason`) is why the last pod failed, told in a failed job's message;
+    ``preflight`` is what the preflight pod is checking while it runs (phase Pending, reason Preflight).
     observedGeneration is the generation the Job reflects: it moves once a spec change is
     applied to the Job, not when the change is made.
     """
@@ -131,6 +135,8 @@ def desired_status(
     elif waiting_for:
         message = "preflight: " + "; ".join(waiting_for) + " (checked again with backoff; no GPU is held)"
         state = _State("PreflightFailed", "Pending", "PreflightFailed", message)
+    elif preflight:
+        state = _State("Preflight", "Pending", "Preflight", f"preflight: {preflight}")
     elif job is None:
         state = _State("Creating", "Pending", "Creating", "creating the trainer job")
     else:

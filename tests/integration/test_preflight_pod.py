@@ -224,3 +224,64 @@ def test_a_job_created_suspended_runs_the_preflight_when_resumed(preflight_opera
     resumed = wait_for("the Job resumed after the preflight", resumed_job, timeout=90)
     assert resumed["metadata"]["annotations"]["finetune.dev/preflight"] == "passed"
     assert get(kube, ns, "ftj", "later")["status"]["memoryEstimate"]["verdict"] == "FitsGPU"
+
+
+# Kueue is not installed in the test cluster: a stand-in LocalQueue CRD (group, version and plural the operator reads).
+LOCAL_QUEUE_CRD = {
+    "apiVersion": "apiextensions.k8s.io/v1",
+    "kind": "CustomResourceDefinition",
+    "metadata": {"name": "localqueues.kueue.x-k8s.io"},
+    "spec": {
+        "group": "kueue.x-k8s.io",
+        "scope": "Namespaced",
+        "names": {"plural": "localqueues", "singular": "localqueue", "kind": "LocalQueue"},
+        "versions": [
+            {
+                "name": "v1beta1",
+                "served": True,
+                "storage": True,
+                "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}},
+            }
+        ],
+    },
+}
+
+
+def test_a_queued_job_runs_the_preflight_before_its_job_enters_the_queue(preflight_operator: tuple[Kube, str]) -> None:
+    kube, ns = preflight_operator
+    kube.kubectl("apply", "-f", "-", input=LOCAL_QUEUE_CRD)
+    try:
+        _queued_case(kube, ns)
+    finally:
+        kube.kubectl("delete", "crd", "localqueues.kueue.x-k8s.io", "--wait=false", check=False)
+
+
+def _queued_case(kube: Kube, ns: str) -> None:
+    kube.kubectl("wait", "--for=condition=Established", "crd/localqueues.kueue.x-k8s.io", "--timeout=60s")
+    queue = {"apiVersion": "kueue.x-k8s.io/v1beta1", "kind": "LocalQueue", "metadata": {"name": "gpus"}, "spec": {}}
+    kube.kubectl("apply", "-n", ns, "-f", "-", input=queue)
+    for name in ("queued", "queued-bad"):
+        manifest = llama_job(name, ns, {"type": "lora"}, batchSizePerDevice=1)
+        manifest["spec"]["runPolicy"] = {"queueName": "gpus"}
+        apply(kube, ns, manifest)
+
+    def checking() -> dict[str, Any] | None:
+        obj = get(kube, ns, "ftj", "queued")
+        return obj if conditions(obj).get("Reconciling", {}).get("reason") == "Preflight" else None
+
+    obj = wait_for("the preflight status", checking, timeout=60)
+    assert obj["status"]["phase"] == "Pending"
+    assert "preflight: a CPU pod is checking model access, the data and the S3 output" in obj["status"]["message"]
+    assert no_job(kube, ns, "queued")  # nothing in the queue while the preflight runs
+    pod = end_preflight_pod(kube, ns, "queued-bad", PreflightResult(problems=["dataset.name: not found on the hub"]))
+    assert "kueue.x-k8s.io/queue-name" not in pod["metadata"]["labels"]  # not the job's workload: holds no quota
+    assert "nvidia.com/gpu" not in json.dumps(pod["spec"]["containers"][0]["resources"])
+    end_preflight_pod(kube, ns, "queued", PreflightResult(model_config=LLAMA_7B))
+    assert "preflight: dataset.name: not found on the hub" in stalled_message(kube, ns, "queued-bad")
+    # Only after a pass does the Job exist, with its queue label (Kueue admits it from there).
+    job = wait_for(
+        "the Job", lambda: None if no_job(kube, ns, "queued") else get(kube, ns, "job", "queued"), timeout=90
+    )
+    assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "gpus"
+    assert job["metadata"]["annotations"]["finetune.dev/preflight"] == "passed"
+    assert no_job(kube, ns, "queued-bad")  # refused before it waits in the queue

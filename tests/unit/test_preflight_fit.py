@@ -152,3 +152,27 @@ def test_the_estimate_patch_removes_what_an_earlier_estimate_had() -> None:
     patch = estimate_patch(MemoryEstimate(verdict="FitsGPU", gpu_memory_bytes=2**30))["memoryEstimate"]
     assert patch["verdict"] == "FitsGPU" and patch["gpuMemoryBytes"] == 2**30
     assert patch["resolved"] is None and patch["perGpu"] is None  # merge-patch null: dropped from the status
+
+
+@pytest.mark.parametrize("run_policy", [{}, {"queueName": "gpus"}], ids=["plain", "queued"])
+def test_a_job_waits_for_its_preflight_pod_before_the_job_exists_queued_or_not(
+    run_policy: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from finetune_operator import kube
+    from finetune_operator.builders import build_children
+    from finetune_operator.preflight_run import CHECKING, before_job
+
+    settings = OperatorSettings(preflight_pod=True)
+    spec = spec_with(runPolicy=run_policy)
+    children = build_children(PARENT, spec, settings)
+    pod = build_preflight_pod(children[-1], PARENT.generation) | {"status": {"phase": "Running"}}
+    monkeypatch.setattr(kube, "read_pod", lambda namespace, name: pod)
+    step = before_job(PARENT, spec, children, settings, lambda s: build_children(PARENT, s, settings))
+    assert step.children is None  # no Job (and no queue entry) until the verdict
+    assert step.reason == f"{CHECKING} (the preflight pod is running)"
+    assert "kueue.x-k8s.io/queue-name" not in pod["metadata"]["labels"]
+    # A suspended job, queued or not, owes the preflight: its Job is created suspended at once.
+    suspended = spec_with(runPolicy={**run_policy, "suspend": True})
+    owed = before_job(PARENT, suspended, build_children(PARENT, suspended, settings), settings, lambda s: [])
+    assert owed.children is not None
+    assert owed.children[-1]["metadata"]["annotations"]["finetune.dev/preflight"] == "pending"

@@ -237,3 +237,26 @@ def test_without_a_job_the_status_keeps_its_restart_count() -> None:
     typed = desired_status(name="j", generation=4, nodes=2, gpus_per_node=8, job=None, timestamp="t0")
     patch = status_patch({"restarts": 3, "phase": "Running"}, typed)
     assert patch is not None and "restarts" not in patch
+
+
+def test_while_the_preflight_pod_runs_the_job_is_pending_with_what_is_checked() -> None:
+    from finetune_operator.preflight_run import CHECKING
+
+    checking = f"{CHECKING} (the preflight pod is Running)"
+    typed = desired_status(
+        name="j", generation=4, nodes=2, gpus_per_node=8, job=None, timestamp="t0", preflight=checking
+    )
+    status = wire(typed)
+    conds = {c["type"]: c for c in status["conditions"]}
+    assert status["phase"] == "Pending"
+    assert status["message"] == f"preflight: {checking}"
+    assert "model access, the data and the S3 output" in status["message"]
+    assert "creating the trainer job" not in status["message"]
+    assert (conds["Reconciling"]["status"], conds["Reconciling"]["reason"]) == ("True", "Preflight")
+    assert conds["Stalled"]["status"] == conds["Created"]["status"] == "False"
+    # A verdict that stalls the job wins over the wording of a running check.
+    stalled = desired_status(
+        name="j", generation=4, nodes=2, gpus_per_node=8, job=None, waiting_for=["dataset.name: x"], preflight=checking
+    )
+    assert stalled.phase == "Pending" and stalled.message.startswith("preflight: dataset.name: x")
+    assert {c.type: c.status for c in stalled.conditions}["Stalled"] == "True"
