@@ -3,8 +3,9 @@
 The pod runs ``python -m finetune_trainer preflight`` in the trainer image with everything a trainer
 pod has that decides access (ServiceAccount, Secret-backed env, the job's ConfigMap and volumes,
 security context, tolerations), and nothing that holds a GPU: no GPU request, no nodeSelector, affinity or
-priority class of the GPU pods, no Kueue label (it is not the job's workload). Its verdict comes back
-in the container's termination message (:class:`finetune_api.preflight.PreflightResult`).
+priority class of the GPU pods, no Kueue label (it is not the job's workload). Its placement is the operator's
+(Helm ``preflight.nodeSelector`` and ``preflight.tolerations``), for clusters whose CPU nodes differ from GPU
+nodes. Its verdict comes back in the container's termination message (:class:`finetune_api.preflight.PreflightResult`).
 """
 
 from __future__ import annotations
@@ -34,8 +35,14 @@ def preflight_pod_name(job_name: str) -> str:
     return f"{job_name}-preflight"
 
 
-def build_preflight_pod(job: Mapping[str, Any], generation: int) -> dict[str, Any]:
-    """The preflight pod for the rendered trainer ``job`` of spec ``generation``."""
+def build_preflight_pod(
+    job: Mapping[str, Any],
+    generation: int,
+    node_selector: Mapping[str, str] | None = None,
+    tolerations: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """The preflight pod for the rendered trainer ``job`` of spec ``generation``, placed by the operator's
+    ``node_selector`` and ``tolerations`` (Helm preflight.*; the latter added to the trainer's)."""
     meta = job["metadata"]
     template = copy.deepcopy(job["spec"]["template"])
     pod = template["spec"]
@@ -54,6 +61,11 @@ def build_preflight_pod(job: Mapping[str, Any], generation: int) -> dict[str, An
     # Tolerations stay: where every node is tainted (GPU pools), the pod may go where the trainer may.
     for key in ("nodeSelector", "priorityClassName", "subdomain", "affinity"):
         pod.pop(key, None)
+    if node_selector:
+        pod["nodeSelector"] = dict(node_selector)
+    extra = [t for t in tolerations or [] if t not in pod.get("tolerations", [])]
+    if extra:
+        pod["tolerations"] = [*pod.get("tolerations", []), *extra]
     pod["containers"] = [container]
     pod["volumes"] = [v for v in pod.get("volumes", []) if v["name"] != "dshm"]
     pod["restartPolicy"] = "Never"

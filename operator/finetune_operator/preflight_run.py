@@ -102,7 +102,8 @@ def before_job(
         pod = None
     if pod is None:
         ensure_children(parent, children)
-        kube.create(build_preflight_pod(job, parent.generation))
+        placement = settings.preflight_node_selector, settings.preflight_tolerations
+        kube.create(build_preflight_pod(job, parent.generation, *placement))
         return Step(reason=f"{CHECKING} (the preflight pod started)")
     outcome = pod_outcome(pod)
     if outcome.stuck:  # stalled with the reason, looked at again (the image or a node may come)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -23,6 +25,9 @@ class OperatorSettings:
     preflight_pod: bool = False
     # GPU memory for the fit check where no node the job can land on has the nvidia.com/gpu.memory label.
     default_gpu_memory: str | None = None
+    # Where the preflight pod runs (Helm preflight.nodeSelector / preflight.tolerations); empty: anywhere.
+    preflight_node_selector: dict[str, str] = field(default_factory=dict)
+    preflight_tolerations: list[dict[str, Any]] = field(default_factory=list)
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> OperatorSettings:
@@ -38,4 +43,19 @@ class OperatorSettings:
             run_as_user=int(e.get("FTJ_RUN_AS_USER", base.run_as_user)),
             preflight_pod=e.get("FTJ_PREFLIGHT_POD", "").lower() in ("1", "true", "yes"),
             default_gpu_memory=e.get("FTJ_DEFAULT_GPU_MEMORY") or None,
+            preflight_node_selector=_json(e, "FTJ_PREFLIGHT_NODE_SELECTOR", "preflight.nodeSelector", dict),
+            preflight_tolerations=_json(e, "FTJ_PREFLIGHT_TOLERATIONS", "preflight.tolerations", list),
         )
+
+
+def _json(env: Any, name: str, value: str, kind: type) -> Any:
+    """A JSON object or list from ``name`` (empty when unset); a malformed one names the variable and chart value."""
+    text = env.get(name) or ""
+    try:
+        parsed = json.loads(text) if text.strip() else kind()
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{name}={text!r} is not JSON ({err.msg}); set the Helm value {value}") from err
+    parsed = kind() if parsed is None else parsed
+    if not isinstance(parsed, kind):
+        raise ValueError(f"{name}={text!r} must be a JSON {kind.__name__}; set the Helm value {value}")
+    return parsed

@@ -153,3 +153,42 @@ def test_grafana_dashboard_is_a_configmap_the_sidecar_loads() -> None:
     )
     (cm,) = [d for d in moved if d["kind"] == "ConfigMap"]
     assert cm["metadata"]["namespace"] == "monitoring" and cm["metadata"]["labels"]["dashboards"] == "finetune"
+
+
+def test_the_preflight_pods_placement_goes_from_the_values_to_the_pod() -> None:
+    from finetune_operator.builders import build_job
+    from finetune_operator.preflight_pod import build_preflight_pod
+    from finetune_operator.settings import OperatorSettings
+    from tests.unit.test_preflight import PARENT, spec_with
+
+    def operator_env(*set_json: str) -> dict[str, str]:
+        args = ["template", "ftj", str(CHART), "--kube-version", "1.36.0"]
+        for s in set_json:
+            args += ["--set-json", s]
+        (deploy,) = [d for d in yaml.safe_load_all(helm(*args).stdout) if d and d["kind"] == "Deployment"]
+        return {e["name"]: e["value"] for e in deploy["spec"]["template"]["spec"]["containers"][0]["env"]}
+
+    gpu = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+    cpu = {"key": "pool", "operator": "Equal", "value": "cpu", "effect": "NoSchedule"}
+    job = build_job(
+        PARENT, spec_with(resources={"nodeSelector": {"pool": "a100"}, "tolerations": [gpu]}), OperatorSettings()
+    )
+    default = OperatorSettings.from_env(operator_env())
+    assert (default.preflight_node_selector, default.preflight_tolerations) == ({}, [])
+    anywhere = build_preflight_pod(job, 1, default.preflight_node_selector, default.preflight_tolerations)["spec"]
+    assert "nodeSelector" not in anywhere and anywhere["tolerations"] == [gpu]
+
+    placed = OperatorSettings.from_env(
+        operator_env(
+            'preflight.nodeSelector={"pool": "cpu"}', f"preflight.tolerations=[{json.dumps(cpu)}, {json.dumps(gpu)}]"
+        )
+    )
+    pod = build_preflight_pod(job, 1, placed.preflight_node_selector, placed.preflight_tolerations)["spec"]
+    assert pod["nodeSelector"] == {"pool": "cpu"}  # the chart's, never the GPU pods' pool
+    assert pod["tolerations"] == [gpu, cpu]  # the trainer's kept, the chart's added once
+    bad = helm(
+        "template", "ftj", str(CHART), "--set-json", 'preflight.tolerations=[{"operator": "Maybe"}]', check=False
+    )
+    assert bad.returncode != 0 and "/preflight/tolerations/0/operator" in bad.stderr
+    with pytest.raises(ValueError, match=r"FTJ_PREFLIGHT_NODE_SELECTOR.*preflight\.nodeSelector"):
+        OperatorSettings.from_env({"FTJ_PREFLIGHT_NODE_SELECTOR": "[1]"})
