@@ -112,6 +112,20 @@ build_node() {
   log "ftj-node: built in $((SECONDS - start)) s"
 }
 
+# A machine-wide copy of every built binary, so a fresh clone on the same machine (CI's) links
+# them instead of relinking from Go's cache. Names carry versions and source hashes: sharing is safe.
+machine_cache="${FTJ_CLUSTER_BIN_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/kube-finetune/cluster-bin}"
+share_binaries() { # share_binaries FROM TO: hard-link (or copy) what TO lacks
+  local f
+  mkdir -p "$2"
+  for f in "$1"/*; do
+    [[ -f "$f" && -x "$f" && ! -e "$2/$(basename "$f")" ]] || continue
+    ln "$f" "$2/" 2>/dev/null || cp -p "$f" "$2/"
+  done
+}
+share_binaries "$machine_cache" "$bin_dir"
+trap 'share_binaries "$bin_dir" "$machine_cache"' EXIT
+
 what=("$@")
 [[ ${#what[@]} -gt 0 ]] || what=(controlplane kwok helm minio)
 for w in "${what[@]}"; do
