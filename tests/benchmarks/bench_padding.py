@@ -131,13 +131,18 @@ class Speed:
 
 
 class StepTimer:
-    """Times optimiser steps; throughput over every step after the first (the first pays one-time setup)."""
+    """Times optimiser steps; throughput over every step after the first (the first pays one-time setup).
+
+    Where a run passes its batches to :meth:`count`, the examples of each step are counted from the batches
+    themselves: a padding-free or packed batch is one row of several examples (position ids restart at each).
+    """
 
     def __init__(self, batch_size: int) -> None:
         from transformers import TrainerCallback
 
         self.batch_size = batch_size
         self.ends: list[tuple[float, float]] = []
+        self.examples: list[int] = []  # per batch, in the order the loader made them
         timer = self
 
         class _Callback(TrainerCallback):
@@ -146,11 +151,22 @@ class StepTimer:
 
         self.callback = _Callback()
 
+    def count(self, batch: Any) -> Any:
+        positions = batch.get("position_ids")
+        rows = int(batch["input_ids"].shape[0])
+        self.examples.append(int((positions == 0).sum()) if positions is not None else rows)
+        return batch
+
     def speed(self, per_step: float | None = None) -> Speed:
-        """Examples per second; ``per_step`` examples per optimiser step (default: the batch size)."""
+        """Examples per second; ``per_step`` examples per optimiser step (default: counted, else the batch size)."""
         if len(self.ends) < 2:
             raise SystemExit("--steps must be at least 2: the first step is not timed")
-        samples = (per_step or self.batch_size) * (len(self.ends) - 1)
+        timed = len(self.ends) - 1
+        counted = self.examples[1 : len(self.ends)]
+        if per_step is None and len(counted) == timed:
+            samples = float(sum(counted))
+        else:
+            samples = (per_step or self.batch_size) * timed
         (wall0, cpu0), (wall1, cpu1) = self.ends[0], self.ends[-1]
         return Speed(wall=samples / (wall1 - wall0), cpu=samples / (cpu1 - cpu0))
 
@@ -230,7 +246,7 @@ def measure(runs: dict[str, Run], repeats: int) -> dict[str, Speed]:
 
 
 def timed(batch_size: int, train: Callable[[Any], float | None]) -> Speed:
-    """Run ``train(timer)``; it returns examples per step (None: the batch size)."""
+    """Run ``train(timer)``; it returns examples per step (None: counted from the batches)."""
     timer = StepTimer(batch_size)
     return timer.speed(train(timer))
 

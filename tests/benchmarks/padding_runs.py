@@ -123,19 +123,23 @@ def seed_causal(model_dir: Path, data: Path, steps: int, batch_size: int, out: P
     return float(batch_size)
 
 
-def ours_causal(model_dir: Path, data: Path, steps: int, batch_size: int, out: Path, timer: Any, mode: str) -> float:
-    """engine.train, causal-lm text; mode dynamic | padding-free | packing. Returns examples per step."""
+def ours_causal(model_dir: Path, data: Path, steps: int, batch_size: int, out: Path, timer: Any, mode: str) -> None:
+    """engine.train, causal-lm text; mode dynamic | padding-free | packing."""
     from finetune_trainer import engine
 
     options = {"dynamic": {}, "padding-free": {"paddingFree": True}, "packing": {"packing": True}}[mode]
     spec = _spec(model_dir, data, {"type": "causal-lm", "format": "text"}, steps, batch_size, **options)
-    result = engine.train(spec, out, callbacks=[timer.callback])
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+    collate = DataCollatorForLanguageModeling.__call__
+    # The timer counts the examples of each batch as TRL's collator makes it (a packed row holds several).
+    DataCollatorForLanguageModeling.__call__ = lambda self, examples: timer.count(collate(self, examples))
+    try:
+        result = engine.train(spec, out, callbacks=[timer.callback])
+    finally:
+        DataCollatorForLanguageModeling.__call__ = collate
     assert result.trainer.model.config._attn_implementation == "sdpa"
-    if mode != "packing":
-        return float(batch_size)
-    # A packed row holds several examples: count them from TRL's per-row document lengths.
-    lengths = result.trainer.train_dataset["seq_lengths"]
-    return batch_size * sum(len(row) for row in lengths) / len(lengths)
+    assert len(timer.examples) >= steps, "the collator was not counted"
 
 
 def classification_spec(data: Path, steps: int, batch_size: int) -> Any:

@@ -70,7 +70,8 @@ class _SFTTrainerStub:
         from types import SimpleNamespace
 
         self.model = model
-        self.args = SimpleNamespace(average_tokens_across_devices=True)
+        self.args = SimpleNamespace(average_tokens_across_devices=True, logging_steps=10, logging_first_step=True)
+        self.state = SimpleNamespace(global_step=0, logging_steps=10, max_steps=100)  # the first step logs
         self.accelerator = SimpleNamespace(num_processes=1, gather_for_metrics=lambda x: x)
         self._metrics: dict[str, Any] = {"train": defaultdict(list), "eval": defaultdict(list)}
         self._total_train_tokens = 0
@@ -122,3 +123,10 @@ def test_sft_loss_from_logits_matches_trl_s_fused_head(layout: str) -> None:
     assert metrics["entropy"] == [pytest.approx((reference.entropy.sum() / valid).item(), rel=1e-5)]
     assert metrics["mean_token_accuracy"] == [pytest.approx((reference.is_top1.sum() / valid).item())]
     assert metrics["num_tokens"] == [24 if layout == "padded" else 27]  # tokens fed: padding excluded
+
+    # A step that does not log: the same loss, the tokens counted, the metric passes skipped.
+    stub.state.global_step = 4
+    again = sft_loss_from_logits(stub, ours, dict(inputs), items)
+    assert again.item() == pytest.approx(loss.item(), rel=1e-6)
+    assert len(metrics["entropy"]) == 1
+    assert metrics["num_tokens"] == [2 * (24 if layout == "padded" else 27)]

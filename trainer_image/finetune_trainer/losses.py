@@ -79,39 +79,54 @@ def logits_loss_serves(trainer: Any, return_outputs: bool) -> bool:
 def sft_loss_from_logits(trainer: Any, model: Any, inputs: dict[str, Any], num_items_in_batch: Any = None) -> Any:
     """SFTTrainer's training loss and logged metrics from the model's own logits, in one forward pass.
 
-    The same quantities as TRL's fused head: the next-token cross-entropy summed over labelled tokens / the
-    Trainer's item count (scaled by the process count like TRL's), and the ``entropy``, ``mean_token_accuracy``
-    and ``num_tokens`` metrics, for devices where that head is slow (see :func:`logits_loss_serves`).
+    The loss is TRL's (and the model's own): the next-token cross-entropy summed over labelled tokens / the
+    Trainer's item count, scaled by the process count like TRL's. TRL's ``entropy`` and ``mean_token_accuracy``
+    take a full pass over the logits each, on CPU as much as the loss itself, so in training they are computed on
+    the steps that log (the logged value is that step's, where TRL's is the mean since the last log); in evaluation
+    on every batch. ``num_tokens`` counts every step. For devices where TRL's head is slow (:func:`logits_loss_serves`).
     """
     import torch
     import torch.nn.functional as F
 
-    mode = "train" if trainer.model.training else "eval"
+    training = trainer.model.training
     labels = inputs["labels"]
     outputs = model(**{k: v for k, v in inputs.items() if k != "labels"}, use_cache=False)
     extra = outputs.logits.size(1) - labels.size(1)
     if extra > 0:  # prompt-learning PEFT prepends virtual tokens: they carry no labels (the last predicts the first)
         labels = F.pad(labels, (extra, 0), value=IGNORE_INDEX)
-    targets = labels[:, 1:].to(outputs.logits.device)
+    # Like the model's own loss: the labels shift left (the last position predicts nothing), not the logits, so
+    # the (tokens x vocabulary) logits are not copied.
+    logits = outputs.logits.flatten(0, 1)
+    targets = F.pad(labels, (0, 1), value=IGNORE_INDEX)[:, 1:].to(logits.device).flatten()
+    total = F.cross_entropy(logits.float(), targets, ignore_index=IGNORE_INDEX, reduction="sum")
     mask = targets != IGNORE_INDEX
-    log_probs = F.log_softmax(outputs.logits[:, :-1][mask].float(), dim=-1)
-    nll = -log_probs.gather(-1, targets[mask].unsqueeze(-1)).squeeze(-1)
     count = mask.sum() if num_items_in_batch is None else num_items_in_batch
-    loss = nll.sum() / torch.as_tensor(count).clamp(min=1)
+    loss = total / torch.as_tensor(count).clamp(min=1)
     if trainer.args.average_tokens_across_devices and num_items_in_batch is not None:
         loss = loss * trainer.accelerator.num_processes
 
     gather = trainer.accelerator.gather_for_metrics
-    with torch.no_grad():
-        num_valid = gather(mask.sum()).sum()
-        entropy = gather(-(log_probs.exp() * log_probs).sum()).sum()
-        correct = gather((log_probs.argmax(-1) == targets[mask]).sum()).sum()
-    metrics = trainer._metrics[mode]
-    metrics["entropy"].append((entropy / num_valid).item() if num_valid > 0 else 0.0)
-    metrics["mean_token_accuracy"].append((correct / num_valid).item() if num_valid > 0 else 0.0)
-    if mode == "train":
+    metrics = trainer._metrics["train" if training else "eval"]
+    if not training or _logs_this_step(trainer):
+        with torch.no_grad():
+            scored = logits.detach()[mask].float()
+            log_probs = F.log_softmax(scored, dim=-1)
+            num_valid = gather(mask.sum()).sum()
+            entropy = gather(-(log_probs.exp() * log_probs).sum()).sum()
+            correct = gather((scored.argmax(-1) == targets[mask]).sum()).sum()
+        metrics["entropy"].append((entropy / num_valid).item() if num_valid > 0 else 0.0)
+        metrics["mean_token_accuracy"].append((correct / num_valid).item() if num_valid > 0 else 0.0)
+    if training:
         present = inputs.get("attention_mask")  # padding-free batches have none: every position is a token
         tokens = present.sum() if present is not None else torch.tensor(inputs["position_ids"].size(1))
         trainer._total_train_tokens += gather(tokens.to(mask.device)).sum().item()
     metrics["num_tokens"] = [trainer._total_train_tokens]
     return loss
+
+
+def _logs_this_step(trainer: Any) -> bool:
+    """Whether the optimizer step this micro-batch belongs to ends in a log (the Trainer's own rule)."""
+    state, args = trainer.state, trainer.args
+    step = state.global_step + 1
+    every = state.logging_steps or args.logging_steps
+    return bool((every and step % every == 0) or (step == 1 and args.logging_first_step))
