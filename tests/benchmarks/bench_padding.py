@@ -19,12 +19,14 @@ all padding could save if time were proportional to tokens) and how much of that
 
     .venv/bin/python tests/benchmarks/bench_padding.py --steps 8 --batch-size 16
 
-Two more sections (``--section``; all three by default), described in ``padding_runs.py``:
+More sections (``--section``; all by default), described in ``padding_runs.py`` and the modules named:
 
 - ``padding-free``: the seed's fixed padding vs dynamic padding vs padding-free batches vs packing, for
   causal-LM SFT on the same two distributions (padding-free cannot serve a classification head);
+- ``costs``: CPU seconds of one causal-LM step per batch layout (``causal_costs.py``): what caps padding-free;
 - ``overhead``: our trainer vs a plain ``transformers.Trainer`` with the same model, data, collator and
-  TrainingArguments (MiniLM classification, short texts), status reporting on.
+  TrainingArguments (MiniLM classification, short texts), status reporting on, each run a fresh process
+  (``overhead_runs.py``).
 
     .venv/bin/python tests/benchmarks/bench_padding.py --steps 4 --repeats 1 --section padding-free
 
