@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -245,6 +247,23 @@ def test_a_job_survives_a_crash_and_a_graceful_delete_resuming_from_s3_and_succe
         (state,) = pod["status"]["containerStatuses"]
         assert state["imageID"] and state["containerID"].startswith("containerd://")
         assert state["image"].endswith(real_node.images["trainer"].split("/", 1)[1])
+
+    # `kubectl finetune logs --all` reads the same logs from the kubelet, each line under its rank.
+    argv = ["--kubeconfig", str(kube.kubeconfig), "logs", name, "-n", ns, "--all"]
+    plugin = subprocess.run(
+        [sys.executable, "-m", "kubectl_finetune", *argv],
+        capture_output=True,
+        text=True,
+        env=kube.env,
+        timeout=120,
+    )
+    assert plugin.returncode == 0, plugin.stderr
+    by_rank: dict[str, list[str]] = {}
+    for line in plugin.stdout.splitlines():
+        rank, _, rest = line.partition("] ")
+        by_rank.setdefault(rank + "]", []).append(rest)
+    assert sorted(by_rank) == ["[rank 0]", "[rank 1]"], plugin.stdout[-2000:]
+    assert by_rank["[rank 0]"] == last_log.splitlines()  # the newest rank-0 pod's log, line for line
 
 
 def test_a_memory_limit_too_small_fails_the_job_saying_so(
