@@ -67,6 +67,8 @@ def install_operator(
         "metrics": {"port": free_port()},
         "health": {"port": free_port()},
         "s3": {"credentialsSecretName": "s3-creds"},
+        # The preflight pod (on by default) on the real node too: a KWOK node would never run it.
+        "preflight": {"nodeSelector": scheduling["nodeSelector"]},
     }
     if images:
         values["operator"]["image"] = images["operator"]

@@ -282,3 +282,6 @@ def test_a_memory_limit_too_small_fails_the_job_saying_so(
     assert message.startswith("BackoffLimitExceeded: "), message
     assert "OOMKilled (exit code 137): out of memory" in message and "limit of 400Mi" in message, message
     assert "raise spec.resources.memory" in message, message
+    # The chart's default preflight pod ran (on the real node, by the chart's preflight.nodeSelector) and passed.
+    job = kube.kubectl_json("get", "job", name, "-n", ns)
+    assert job["metadata"]["annotations"]["finetune.dev/preflight"] == "passed", job["metadata"]
