@@ -184,9 +184,17 @@ class Cluster:
                 follow=True,
                 _preload_content=False,
             ).stream()
-        return self.call(
-            f'logs of pod "{pod}"', core.read_namespaced_pod_log, pod, namespace, container=TRAINER_CONTAINER
+        # The raw response, decoded here: the client's own deserialisation of this text endpoint
+        # gives the repr of the bytes ("b'...'"), not the log.
+        response = self.call(
+            f'logs of pod "{pod}"',
+            core.read_namespaced_pod_log,
+            pod,
+            namespace,
+            container=TRAINER_CONTAINER,
+            _preload_content=False,
         )
+        return bytes(response.data).decode("utf-8", errors="replace")
 
     # -- the one Secret predict may read --
 
