@@ -73,6 +73,11 @@ def install_operator(
     if images:
         values["operator"]["image"] = images["operator"]
         values["trainer"] = {"image": images["trainer"]}
+    # An earlier run interrupted mid-install leaves the release "pending-…", and every later
+    # upgrade is refused ("another operation is in progress"): start that release afresh.
+    state = kube.helm("status", release, "--namespace", release_ns, "-o", "json", check=False)
+    if state.returncode == 0 and json.loads(state.stdout)["info"]["status"].startswith("pending"):
+        kube.helm("uninstall", release, "--namespace", release_ns, "--wait", "--timeout", "120s")
     kube.helm(
         "upgrade",
         "--install",
