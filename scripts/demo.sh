@@ -25,7 +25,8 @@ env HF_HUB_OFFLINE=1 .venv/bin/python -m tests.e2e.demo
 # kubectl finetune: kubectl runs the plugin it finds on PATH (.venv/bin/kubectl-finetune, installed by setup.sh).
 source .cache/cluster/run/cluster.env
 finetune() {
-  PATH="$root/.venv/bin:$PATH" HF_HUB_OFFLINE=1 "$FTJ_KUBECTL" --kubeconfig "$KUBECONFIG" finetune -n demo "$@"
+  # kubectl refuses flags before a plugin's name: the kubeconfig goes by environment.
+  KUBECONFIG="$KUBECONFIG" PATH="$root/.venv/bin:$PATH" HF_HUB_OFFLINE=1 "$FTJ_KUBECTL" finetune -n demo "$@"
 }
 echo "==> kubectl finetune plot demo-sentiment-lora (the curves in status.history)"
 finetune plot demo-sentiment-lora

@@ -92,8 +92,11 @@ def _job_state(name: str, nodes: int, job: dict[str, Any], restarts: int, last_f
         return _State("Suspended", "Suspended", "Suspended", message)
     ready = int(js.get("ready") or 0)
     succeeded = int(js.get("succeeded") or 0) + len((js.get("uncountedTerminatedPods") or {}).get("succeeded") or [])
-    if _job_condition(job, "SuccessCriteriaMet") is not None or (ready == 0 and succeeded >= nodes):
-        return _State("Running", "Running", "Completing", f"training finished on {nodes}/{nodes} pods; completing")
+    # A rank succeeds only once training has finished for every rank: with one pod done and the others
+    # no longer ready (their trainers exiting), the job is completing, not waiting for pods.
+    if _job_condition(job, "SuccessCriteriaMet") is not None or (ready == 0 and succeeded > 0):
+        done = min(succeeded, nodes) if _job_condition(job, "SuccessCriteriaMet") is None else nodes
+        return _State("Running", "Running", "Completing", f"training finished on {done}/{nodes} pods; completing")
     if ready > 0:
         after = f" after {restarts} restarts" if restarts else ""
         return _State("Running", "Running", "PodsRunning", f"training on {ready}/{nodes} pods{after}")

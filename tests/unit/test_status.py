@@ -210,12 +210,13 @@ def test_the_last_pod_finishing_goes_from_running_to_succeeded_without_pending()
     updates = [
         _job(active=2, ready=2, startTime="t0"),
         _job(active=1, ready=1, succeeded=1, startTime="t0"),
+        _job(active=1, ready=0, succeeded=1, startTime="t0"),  # rank 1's trainer exiting (seen on the real node)
         _job(active=0, ready=0, succeeded=1, uncountedTerminatedPods={"succeeded": ["uid-0"]}, startTime="t0"),
         _job(active=0, ready=0, succeeded=2, startTime="t0", conditions=[{"type": "SuccessCriteriaMet"}]),
         _job(succeeded=2, completionTime="t1", conditions=[{"type": "SuccessCriteriaMet"}, {"type": "Complete"}]),
     ]
     statuses = [_status(job) for job in updates]
-    assert [s["phase"] for s in statuses] == ["Running", "Running", "Running", "Running", "Succeeded"]
+    assert [s["phase"] for s in statuses] == ["Running", "Running", "Running", "Running", "Running", "Succeeded"]
     reasons = [
         e.reason for old, new in zip([{}, *statuses], statuses, strict=False) for e in transition_events(old, new)
     ]
