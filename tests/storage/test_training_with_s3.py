@@ -147,12 +147,21 @@ def resumable_spec(
     tmp_path: Path,
     **training: Any,
 ) -> dict[str, Any]:
-    """A LoRA run of ``task`` with S3 output: sentiment on the tiny BERT, seq2seq on a T5, ORPO/KTO on a Llama."""
+    """A LoRA run of ``task`` with S3 output: sentiment and scores on the tiny BERT, seq2seq on a T5, reward
+    modelling and ORPO/KTO on a Llama."""
     if task == "sequence-classification":  # with a test file: its predictions go to S3
         files = {**sentiment_files, "test": sentiment_files["validation"]}
         return sentiment_spec(tiny_bert, files, output, **training)
     from tests.trainer import tiny, tiny_causal
 
+    if task == "regression":  # a numeric score on the tiny BERT, with a test file (predictions to S3)
+        scores = {
+            name: tiny.write_jsonl(tmp_path / f"scores-{name}.jsonl", tiny.score_rows(n, seed=seed))
+            for name, n, seed in (("train", 32, 0), ("validation", 8, 1), ("test", 8, 2))
+        }
+        spec = sentiment_spec(tiny_bert, scores, output, **training)
+        spec["task"] = {"type": "regression"}
+        return spec
     if task == "seq2seq":
         model, rows = tiny_causal.build_tiny_seq2seq(tmp_path / "t5"), tiny_causal.summary_rows
     else:
@@ -167,7 +176,7 @@ def resumable_spec(
     return spec
 
 
-@pytest.mark.parametrize("task", ["sequence-classification", "seq2seq", "orpo", "kto"])
+@pytest.mark.parametrize("task", ["sequence-classification", "regression", "seq2seq", "reward-modeling", "orpo", "kto"])
 def test_a_rerun_resumes_from_the_newest_checkpoint_that_has_a_manifest(
     task: str,
     minio: MinIO,
@@ -200,8 +209,10 @@ def test_a_rerun_resumes_from_the_newest_checkpoint_that_has_a_manifest(
     final = store.storage.read_json(store.location.final.join(MANIFEST))
     assert final["resumedFrom"] == {"checkpoint": str(store.location.checkpoint(2)), "globalStep": 2}
     # The test predictions (classification) or the sample generations (generative tasks) went up with the model.
-    extra = "predictions.jsonl" if task == "sequence-classification" else "samples.jsonl"
-    assert extra in final["files"], sorted(final["files"])
+    extra = {"sequence-classification": "predictions.jsonl", "regression": None, "reward-modeling": None}.get(
+        task, "samples.jsonl"
+    )
+    assert extra is None or extra in final["files"], sorted(final["files"])
 
 
 def test_resuming_with_another_lora_rank_is_refused_before_anything_loads(
