@@ -145,13 +145,14 @@ def resumable_spec(
     tiny_bert: Path,
     sentiment_files: dict[str, Path],
     tmp_path: Path,
+    method: str = "lora",
     **training: Any,
 ) -> dict[str, Any]:
     """A LoRA run of ``task`` with S3 output: sentiment and scores on the tiny BERT, seq2seq on a T5, reward
     modelling and ORPO/KTO on a Llama."""
     if task == "sequence-classification":  # with a test file: its predictions go to S3
         files = {**sentiment_files, "test": sentiment_files["validation"]}
-        return sentiment_spec(tiny_bert, files, output, **training)
+        return sentiment_spec(tiny_bert, files, output, {"type": method}, **training)
     from tests.trainer import tiny, tiny_causal
 
     if task == "regression":  # a numeric score on the tiny BERT, with a test file (predictions to S3)
@@ -176,9 +177,16 @@ def resumable_spec(
     return spec
 
 
-@pytest.mark.parametrize("task", ["sequence-classification", "regression", "seq2seq", "reward-modeling", "orpo", "kto"])
+RESUMABLE = [
+    *[("sequence-classification", m) for m in ("lora", "freeze", "ia3", "prefix-tuning", "p-tuning")],
+    *[(t, "lora") for t in ("regression", "seq2seq", "reward-modeling", "orpo", "kto")],
+]
+
+
+@pytest.mark.parametrize(("task", "method"), RESUMABLE, ids=[f"{t}-{m}" for t, m in RESUMABLE])
 def test_a_rerun_resumes_from_the_newest_checkpoint_that_has_a_manifest(
     task: str,
+    method: str,
     minio: MinIO,
     bucket: str,
     s3_env: dict,
@@ -193,7 +201,7 @@ def test_a_rerun_resumes_from_the_newest_checkpoint_that_has_a_manifest(
         "saveSteps": 2,
     }
     output = s3_output(minio.endpoint, bucket)
-    spec = resumable_spec(task, output, tiny_bert, sentiment_files, tmp_path, maxSteps=4, **schedule)
+    spec = resumable_spec(task, output, tiny_bert, sentiment_files, tmp_path, method, maxSteps=4, **schedule)
     engine.train(parse_spec(spec), tmp_path / "first")
     store = store_for(spec)
     assert store.complete_steps() == [2, 4]
