@@ -145,7 +145,10 @@ def desired_status(
     else:
         observed = reflected_generation(job) or generation
         js = job.get("status") or {}
-        restarts = previous_failures(job) + int(js.get("failed") or 0)
+        # Failed pods the Job controller has seen but not yet counted are failures too: it may already
+        # have decided (FailureTarget) before the count catches up, and the count must not lag the phase.
+        uncounted = len((js.get("uncountedTerminatedPods") or {}).get("failed") or [])
+        restarts = previous_failures(job) + int(js.get("failed") or 0) + uncounted
         state = _job_state(name, nodes, job, restarts, last_failure)
         start_time = js.get("startTime")
         if state.phase == "Succeeded":

@@ -229,6 +229,19 @@ def test_a_job_the_controller_marked_to_fail_is_failed_while_its_pods_terminate(
     assert status["phase"] == "Failed" and status["message"].startswith("BackoffLimitExceeded")
 
 
+def test_failures_the_job_controller_has_not_counted_yet_are_restarts_already() -> None:
+    # Seen against the API server: FailureTarget is set while the second failure is still uncounted.
+    job = _job(
+        active=0,
+        ready=0,
+        failed=1,
+        uncountedTerminatedPods={"failed": ["uid-1"]},
+        conditions=[{"type": "FailureTarget", "reason": "BackoffLimitExceeded"}],
+    )
+    status = _status(job)
+    assert status["phase"] == "Failed" and status["restarts"] == 2
+
+
 def test_a_pod_being_replaced_after_a_failure_is_pending() -> None:
     assert _status(_job(active=2, ready=0, failed=1, startTime="t0"))["phase"] == "Pending"
 
