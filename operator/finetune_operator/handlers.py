@@ -317,5 +317,6 @@ def forget(namespace: str | None, name: str, uid: str, **_: Any) -> None:
     On the watch's DELETED event: a delete handler without a finalizer is not called when the object
     is simply gone."""
     metrics.forget(namespace or "", name, uid)
+    preflight_run.forget(namespace or "", name)
     with _known_lock:
         _known.pop(uid, None)

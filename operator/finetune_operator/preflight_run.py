@@ -60,8 +60,23 @@ class Step:
     estimate: MemoryEstimate | None = None
 
 
-# Consecutive unreachable verdicts per (namespace, name, generation): the backoff of the transient case.
-_unreachable: dict[tuple[str, str, int], int] = {}
+# Consecutive unreachable verdicts per job, for the generation they were counted on: the backoff of the
+# transient case. One entry per job at most; a new generation starts again at 0, a deleted job is forgotten.
+_unreachable: dict[tuple[str, str], tuple[int, int]] = {}
+
+
+def count_unreachable(namespace: str, name: str, generation: int) -> int:
+    """Record one more unreachable verdict for this job's generation; the attempts before it (0 for the first)."""
+    counted_on, attempts = _unreachable.get((namespace, name), (generation, 0))
+    if counted_on != generation:
+        attempts = 0
+    _unreachable[(namespace, name)] = (generation, attempts + 1)
+    return attempts
+
+
+def forget(namespace: str, name: str) -> None:
+    """Drop what the preflight remembers of a job (it was deleted, or its preflight finished)."""
+    _unreachable.pop((namespace, name), None)
 
 
 def estimate_patch(estimate: MemoryEstimate) -> dict[str, Any]:
@@ -111,16 +126,14 @@ def before_job(
     if not outcome.done:
         return Step(reason=f"{CHECKING} ({outcome.waiting})")
     kube.delete_pod(parent.namespace, name)  # the next look runs a fresh one
-    key = (parent.namespace, parent.name, parent.generation)
     result = outcome.result
     if result is None or result.unreachable:
-        attempt = _unreachable.get(key, 0)
-        _unreachable[key] = attempt + 1
+        attempt = count_unreachable(parent.namespace, parent.name, parent.generation)
         delay = unreachable_delay(attempt)
         what = result.unreachable if result is not None else outcome.waiting
         line = f"could not finish ({what}); not a failure of the job: checked again in {delay:.0f}s"
         return Step(waiting=[line], retry_in=delay)
-    _unreachable.pop(key, None)
+    forget(parent.namespace, parent.name)
     if result.problems:
         return Step(waiting=list(result.problems), retry_in=None)
     step = _fit(parent, spec, children, settings, build, result.model_config)

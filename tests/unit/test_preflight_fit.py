@@ -176,3 +176,23 @@ def test_a_job_waits_for_its_preflight_pod_before_the_job_exists_queued_or_not(
     owed = before_job(PARENT, suspended, build_children(PARENT, suspended, settings), settings, lambda s: [])
     assert owed.children is not None
     assert owed.children[-1]["metadata"]["annotations"]["finetune.dev/preflight"] == "pending"
+
+
+def test_unreachable_backoff_is_per_job_reset_by_a_new_generation_and_forgotten_on_delete() -> None:
+    from finetune_operator import preflight_run
+
+    ns, name = "team-a", "backoff-job"
+    preflight_run.forget(ns, name)
+    attempts = [preflight_run.count_unreachable(ns, name, 3) for _ in range(4)]
+    assert attempts == [0, 1, 2, 3]
+    assert [preflight_run.unreachable_delay(a) for a in attempts] == [10.0, 20.0, 40.0, 80.0]
+    assert preflight_run.unreachable_delay(10) == 300.0  # capped at 5 min
+    # A spec change (new generation) starts the backoff again and keeps one entry per job, not one per generation.
+    assert preflight_run.count_unreachable(ns, name, 4) == 0
+    assert [k for k in preflight_run._unreachable if k == (ns, name)] == [(ns, name)]
+    assert preflight_run._unreachable[(ns, name)] == (4, 1)
+    # Deleting the job (the operator's DELETED handler) leaves nothing behind.
+    preflight_run.forget(ns, name)
+    assert (ns, name) not in preflight_run._unreachable
+    assert preflight_run.count_unreachable(ns, name, 4) == 0
+    preflight_run.forget(ns, name)
