@@ -235,6 +235,19 @@ def test_a_lost_peer_process_is_retryable() -> None:
     assert classify(RendezvousTimeoutError("the other nodes did not join in time")).kind == "retryable"
 
 
+def test_a_collective_whose_peer_died_is_retryable_and_exits_75() -> None:
+    """gloo raises a plain RuntimeError when the other pod is killed mid all-reduce (seen on the real node)."""
+    gloo = RuntimeError(
+        "[/__w/pytorch/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:561] Connection closed by peer "
+        "[127.0.0.1]:48037. This is typically caused by a remote worker crashing."
+    )
+    failure = classify(gloo)
+    assert failure.kind == "retryable" and failure.exit_code == contract.EXIT_RETRYABLE
+    assert "lost contact with the other trainer processes" in failure.reason
+    # Any other RuntimeError (a shape mismatch, a CUDA assert) stays unexpected.
+    assert classify(RuntimeError("mat1 and mat2 shapes cannot be multiplied")).kind == "unexpected"
+
+
 def test_anything_else_is_unexpected_and_exits_1() -> None:
     for err in (KeyError("labels"), FileNotFoundError(2, "No such file"), TrainerError("?")):
         failure = classify(err)

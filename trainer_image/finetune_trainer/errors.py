@@ -314,7 +314,19 @@ def _http_verdict(err: BaseException) -> Failure | None:
     return None
 
 
+# What a collective raises, as a plain RuntimeError, when a peer process died or its link broke: gloo's
+# TCP transport ("[.../gloo/transport/tcp/pair.cc:561] Connection closed by peer [10.0.0.7]:48037") and
+# NCCL's "remote process exited or there was a network error". The restarted pods resume from S3.
+PEER_LOST_MARKERS = (
+    "Connection closed by peer",
+    "Connection reset by peer",
+    "remote process exited or there was a network error",
+)
+
+
 def _builtin_verdict(err: BaseException) -> Failure | None:
+    if isinstance(err, RuntimeError) and any(marker in str(err) for marker in PEER_LOST_MARKERS):
+        return Failure("retryable", f"lost contact with the other trainer processes: {_describe(err)}")
     if isinstance(err, TimeoutError):
         return Failure("retryable", f"timed out: {_describe(err)}")
     if isinstance(err, ConnectionError):
