@@ -42,6 +42,10 @@ CHANGES: dict[str, Change] = {
     "runPolicy.activeDeadlineSeconds": Change("any time", "the Job's activeDeadlineSeconds"),
     "runPolicy.ttlSecondsAfterFinished": Change("any time", "the Job's ttlSecondsAfterFinished"),
     "runPolicy.queueName": Change("while suspended", "the Job's kueue.x-k8s.io/queue-name label"),
+    "runPolicy.terminationGracePeriodSeconds": Change(
+        "while suspended",
+        "the suspended Job's pod template (the Job is recreated); it resumes from the last checkpoint",
+    ),
     "resources": Change(
         "while suspended",
         "the suspended Job: updated in place (container resources, node selector, tolerations, pod labels "

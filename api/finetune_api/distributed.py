@@ -139,6 +139,16 @@ class Rendezvous:
     run_id: str | None = None  # c10d only: the same for every pod of one run (e.g. the FineTuneJob's uid)
 
 
+def worker_shutdown_seconds(grace_period_seconds: int) -> int:
+    """Seconds torchrun lets its workers run after SIGTERM before it kills them (its own default is 30).
+
+    The pod's grace period (``runPolicy.terminationGracePeriodSeconds``) less a margin in which the
+    launcher reports the workers' exit code before the kubelet's SIGKILL: 10 s, or a quarter of a
+    short grace period.
+    """
+    return max(1, grace_period_seconds - min(10, grace_period_seconds // 4))
+
+
 def torchrun_command(
     spec: FineTuneJobSpec,
     program: list[str],
@@ -151,7 +161,7 @@ def torchrun_command(
     ``program`` is what each process runs, e.g. ``["-m", "finetune_trainer", "run", "--config", "/etc/job/spec.yaml"]``
     (a leading ``-m`` becomes torchrun's ``--module``). One node needs no rendezvous (``--standalone``);
     several nodes need ``rendezvous``. Restarts are left to Kubernetes (the Job's backoff), so torchrun
-    does not restart workers itself.
+    does not restart workers itself; on SIGTERM it waits for them as long as the pod's grace period allows.
     """
     nodes = spec.resources.nodes
     argv = [launcher, f"--nnodes={nodes}", f"--nproc-per-node={processes_per_node(spec)}", "--max-restarts=0"]
@@ -177,6 +187,8 @@ def torchrun_command(
                 f"--rdzv-endpoint={rendezvous.master_addr}:{rendezvous.master_port}",
                 f"--rdzv-id={rendezvous.run_id}",
             ]
+    # The workers' SIGTERM checkpoint and upload get the pod's grace period, not torchrun's 30 s.
+    argv.append(f"--shutdown-timeout={worker_shutdown_seconds(spec.run_policy.termination_grace_period_seconds)}")
     if program[:1] == ["-m"]:
         argv += ["--module", *program[1:]]
     else:

@@ -573,6 +573,14 @@ class RunPolicy(ApiModel):
         default=None, ge=0, description="Delete the finished Job (not the FineTuneJob) after this long."
     )
     queue_name: Name | None = Field(default=None, description="Kueue LocalQueue; sets kueue.x-k8s.io/queue-name.")
+    termination_grace_period_seconds: int = Field(
+        default=300,
+        ge=1,
+        le=86400,
+        description="Seconds a trainer pod has after SIGTERM (eviction, preemption, suspend, pod deletion) to "
+        "save and upload a checkpoint at its current step before it is killed; the restart resumes from it. "
+        "Allow for the checkpoint's size over the S3 link.",
+    )
 
 
 class FineTuneJobSpec(ApiModel):

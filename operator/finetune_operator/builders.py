@@ -293,6 +293,8 @@ def build_job(parent: Parent, spec: FineTuneJobSpec, settings: OperatorSettings)
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",  # podFailurePolicy needs it; the Job recreates failed pods
         "serviceAccountName": names["serviceAccount"],
+        # Time for the SIGTERM checkpoint and its upload (finetune_trainer/preemption.py).
+        "terminationGracePeriodSeconds": rp.termination_grace_period_seconds,
         "securityContext": {
             "runAsNonRoot": True,
             "runAsUser": settings.run_as_user,

@@ -59,6 +59,7 @@ CASES: dict[str, dict[str, Any]] = {
             "backoffLimit": 5,
             "activeDeadlineSeconds": 86400,
             "ttlSecondsAfterFinished": 3600,
+            "terminationGracePeriodSeconds": 900,
         },
     ),
     "2node-1gpu-qlora-pvc-suspended": _spec(
@@ -180,6 +181,13 @@ def test_pods_run_as_non_root_without_privileges() -> None:
     assert {k: v for k, v in volumes[mounts["/tmp"]].items() if k != "name"} == {"emptyDir": {}}
     env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
     assert env["HOME"] == "/tmp" and env["HF_HOME"].startswith("/workspace/")
+
+
+def test_trainer_pods_get_the_grace_period_for_their_sigterm_checkpoint() -> None:
+    default = build_job(PARENT, parse_spec(BASE), SETTINGS)["spec"]["template"]["spec"]
+    assert default["terminationGracePeriodSeconds"] == 300  # not Kubernetes' 30 s: a save and an upload
+    job = build_job(PARENT, parse_spec(CASES["2node-8gpu-kueue-secrets"]), SETTINGS)
+    assert job["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == 900
 
 
 def test_user_strings_never_reach_a_shell() -> None:

@@ -78,7 +78,7 @@ def test_immutable_fields_have_transition_rules() -> None:
         rule = rules[f"self.{field} == oldSelf.{field}"]
         assert rule["fieldPath"] == f".{field}" and rule["reason"] == "FieldValueForbidden"
     suspended_only = [r for r in rules if r.startswith("oldSelf.runPolicy.suspend || ")]
-    assert len(suspended_only) == 2  # resources and runPolicy.queueName
+    assert len(suspended_only) == 3  # resources, runPolicy.queueName and runPolicy.terminationGracePeriodSeconds
 
 
 def test_readme_api_reference_is_fresh() -> None:

@@ -13,6 +13,7 @@ from finetune_api.distributed import (
     deepspeed_config,
     resolve_strategy,
     torchrun_command,
+    worker_shutdown_seconds,
     world_size,
 )
 from finetune_api.validation import parse_spec
@@ -258,8 +259,17 @@ def test_hybrid_fsdp_training_kwargs_carry_a_parallelism_config() -> None:
 )  # fmt: skip
 def test_torchrun_argv(nodes: int, gpus: int, rendezvous: Rendezvous | None, expected_options: list[str]) -> None:
     argv = torchrun_command(spec(nodes=nodes, gpus=gpus), PROGRAM, rendezvous)
-    assert argv == ["torchrun", *expected_options, "--module", *PROGRAM[1:]]
+    # The default 300 s grace period leaves the workers 290 s for their SIGTERM checkpoint.
+    assert argv == ["torchrun", *expected_options, "--shutdown-timeout=290", "--module", *PROGRAM[1:]]
     assert all(isinstance(a, str) for a in argv)
+
+
+@pytest.mark.parametrize(("grace", "expected"), [(300, 290), (30, 23), (8, 6), (1, 1), (86400, 86390)])
+def test_workers_get_the_pods_grace_period_less_the_launchers_margin(grace: int, expected: int) -> None:
+    assert worker_shutdown_seconds(grace) == expected
+    job = spec()
+    job.run_policy.termination_grace_period_seconds = grace
+    assert f"--shutdown-timeout={expected}" in torchrun_command(job, PROGRAM)
 
 
 def test_torchrun_runs_a_script_as_given() -> None:

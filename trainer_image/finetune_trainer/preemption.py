@@ -1,7 +1,9 @@
 """SIGTERM while training (eviction, preemption, a drained node, ``kubectl delete pod``): save, upload, stop.
 
-Kubernetes stops a pod with SIGTERM and kills it after its grace period. The launcher (torchrun)
-passes the signal to the trainer processes of its pod, and waits for them up to 30 s before it
+Kubernetes stops a pod with SIGTERM and kills it after its grace period
+(``runPolicy.terminationGracePeriodSeconds``, 300 s by default). The launcher (torchrun) passes the
+signal to the trainer processes of its pod, and waits for them up to that grace period less a
+margin (``--shutdown-timeout``, :func:`finetune_api.distributed.worker_shutdown_seconds`) before it
 kills them. :class:`StopOnSigterm` turns the signal into a flag; at the end of the optimizer step
 under way every process learns whether *any* process got it (one all-reduce of a flag per step:
 only some pods of a job may be stopped, and a checkpoint is a collective act), and then all of
