@@ -84,8 +84,27 @@ def download(spec: Any, uri: str, dest: Path) -> Path:
     return dest
 
 
+@contextlib.contextmanager
+def quiet_loading() -> Iterator[None]:
+    """transformers' errors only for the block: its load report (the base model's fresh head before the
+    adapter brings the trained one, keys it ignores) says nothing to someone asking for predictions."""
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+
+
 def load(spec: Any, directory: Path, merged: bool) -> tuple[Any, Any]:
     """Model and tokenizer of the artifacts: a merged or full model as is, an adapter on its base."""
+    with quiet_loading():
+        return _load(spec, directory, merged)
+
+
+def _load(spec: Any, directory: Path, merged: bool) -> tuple[Any, Any]:
     from transformers import AutoTokenizer
 
     from finetune_trainer.engine import resolve_model_location

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from kubectl_finetune.kube import CommandError
-from kubectl_finetune.predict import render_predictions, run_task
+from kubectl_finetune.predict import quiet_loading, render_predictions, run_task
 from tests.trainer import tiny_causal
 
 LABELS = {0: "O", 1: "B-PER", 2: "I-PER"}
@@ -62,3 +62,27 @@ def test_generation_continues_the_prompt_as_greedy_decoding_does(tmp_path_factor
         out = model.generate(**ids, max_new_tokens=64, do_sample=False, pad_token_id=tokenizer.pad_token_id)
     expected = tokenizer.decode(out[0], skip_special_tokens=True)
     assert prompt + generated["generated"] == expected or generated["generated"] == expected
+
+
+def test_loading_for_predict_hides_transformers_load_report_and_restores_its_verbosity(tiny_bert: Path) -> None:
+    import logging
+
+    from transformers import AutoModelForTokenClassification
+    from transformers.utils import logging as hf_logging
+
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.DEBUG)
+    handler.emit = records.append  # type: ignore[method-assign]
+    root = hf_logging.get_logger()  # the "transformers" logger (it does not propagate)
+    root.addHandler(handler)
+    before = hf_logging.get_verbosity()
+    try:
+        AutoModelForTokenClassification.from_pretrained(str(tiny_bert), num_labels=3)
+        assert any("LOAD REPORT" in r.getMessage() for r in records)  # a fresh head: the report is logged
+        records.clear()
+        with quiet_loading():
+            AutoModelForTokenClassification.from_pretrained(str(tiny_bert), num_labels=3)
+        assert not [r for r in records if r.levelno < logging.ERROR]
+        assert hf_logging.get_verbosity() == before
+    finally:
+        root.removeHandler(handler)
