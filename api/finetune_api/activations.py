@@ -38,6 +38,10 @@ if TYPE_CHECKING:
 # CUDA context, cuBLAS workspace and NCCL buffers: memory the process holds outside PyTorch's allocator.
 RUNTIME_BYTES = 768 * 1024**2
 TRL_TOKEN_TILE, TRL_VOCAB_TILE = 4096, 32768  # TRL's fused LM head (chunked log-probabilities)
+# Tasks whose batch holds chosen and rejected sequences side by side.
+PAIRED_TASKS = ("preference", "orpo", "reward-modeling")
+# Tasks whose loss goes through TRL's fused (tiled) LM head; ORPO's trainer makes the whole logits.
+FUSED_HEAD_TASKS = ("causal-lm", "kto")
 FRAGMENTATION = 0.05  # allocator blocks reserved but not allocated, as a fraction of what is allocated
 
 
@@ -51,9 +55,10 @@ def resolved_fp32(spec: FineTuneJobSpec) -> bool:
 def tokens_per_step(spec: FineTuneJobSpec) -> tuple[int, int]:
     """(sequences, sequence length) of one micro-batch at the longest: padded or packed to maxSeqLength.
 
-    A preference batch runs chosen and rejected answers together; prompt tuning and p-tuning prepend their tokens.
+    A pairwise batch (DPO, ORPO, reward modelling) runs chosen and rejected answers together (KTO's KL batch runs
+    without gradients, so it keeps nothing); prompt tuning and p-tuning prepend their tokens.
     """
-    seqs = spec.training.batch_size_per_device * (2 if spec.task.type == "preference" else 1)
+    seqs = spec.training.batch_size_per_device * (2 if spec.task.type in PAIRED_TASKS else 1)
     length = spec.training.max_seq_length
     if spec.method.type == "prompt-tuning":
         length += (spec.method.prompt_tuning or PromptTuningOptions()).num_virtual_tokens
@@ -180,10 +185,11 @@ def loss_peak_bytes(spec: FineTuneJobSpec, shape: ModelShape) -> int:
         return 0
     seqs, length = tokens_per_step(spec)
     tokens = seqs * length
-    if spec.task.type == "causal-lm":
-        # TRL's SFT trainer projects through the output layer in tiles of up to 4096 tokens x 32768 vocabulary
-        # entries (16-bit under autocast), keeping a copy of the final hidden states, and accumulates their
-        # gradient in float32 (it turns Liger's fused cross-entropy off for this head).
+    if spec.task.type in FUSED_HEAD_TASKS:
+        # TRL's SFT trainer (and its KTO trainer, with the same fused head) projects through the output layer
+        # in tiles of up to 4096 tokens x 32768 vocabulary entries (16-bit under autocast), keeping a copy of
+        # the final hidden states, and accumulates their gradient in float32 (it turns Liger's fused
+        # cross-entropy off for this head).
         a = 4 if resolved_fp32(spec) else 2
         tile = min(tokens, TRL_TOKEN_TILE) * min(shape.vocab, TRL_VOCAB_TILE) * a
         return tile + tokens * shape.hidden * (4 + a)

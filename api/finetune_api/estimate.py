@@ -8,7 +8,8 @@ the way the trainer builds them, plus activations from the transformer's shapes,
   8-bit with double quantisation); LoRA matrices and soft prompts in float32 (peft upcasts
   adapters); for QLoRA the unquantised parameters upcast to float32 (peft's
   ``prepare_model_for_kbit_training``) and, under TRL's trainers, the adapters cast to bfloat16;
-  a ``modules_to_save`` copy of the task head.
+  a ``modules_to_save`` copy of the task head; for DPO and KTO without an adapter, TRL's frozen
+  reference copy of the model (with an adapter the reference is the base with the adapter off).
 * **gradients**: one per trainable value, in its dtype.
 * **optimizer states**: AdamW two moments in the parameter's dtype plus a step counter per tensor;
   Adafactor factored second moments in float32; 8-bit AdamW one byte per moment and a float32 scale
@@ -31,13 +32,24 @@ from typing import Any
 
 from finetune_api.activations import activation_bytes, overhead_bytes, runtime_bytes
 from finetune_api.distributed import resolve_strategy, world_size
-from finetune_api.model_shapes import DEFAULT_LORA_TARGETS, EstimateUnavailable, ModelShape, Param, model_shape
+from finetune_api.model_shapes import (
+    DEFAULT_LORA_TARGETS,
+    SCALAR_TASKS,
+    EstimateUnavailable,
+    ModelShape,
+    Param,
+    model_shape,
+)
 from finetune_api.peft_shapes import ia3_vectors, prefix_tensors, prompt_encoder_tensors
 from finetune_api.spec import FineTuneJobSpec, FreezeOptions, LoraOptions, PromptTuningOptions, QuantizationOptions
 
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 PRECISION_DTYPE = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
-HEAD_TASKS = ("sequence-classification", "token-classification", "question-answering")
+HEAD_TASKS = ("sequence-classification", "token-classification", "question-answering", *SCALAR_TASKS)
+# Tasks with a reference policy: TRL keeps a frozen copy of the model unless an adapter trains (then the
+# reference is the same network with the adapter switched off: finetune_trainer/tasks/preference.py).
+REFERENCE_TASKS = ("preference", "kto")
+ADAPTER_METHODS = ("lora", "qlora", "prompt-tuning", "ia3", "prefix-tuning", "p-tuning")
 TRL_TASKS = ("causal-lm", "preference")  # trained by TRL's trainers
 QUANT_BLOCK = 64  # values per 4-bit scale (bitsandbytes' default blocksize)
 NESTED_BLOCK = 256  # 8-bit scales per float32 scale of the nested (double) quantisation
@@ -127,8 +139,33 @@ def lora_targets(spec: FineTuneJobSpec, shape: ModelShape) -> tuple[str, ...]:
 
 
 def num_labels(spec: FineTuneJobSpec) -> int:
-    """Outputs of the classification head the trainer builds."""
+    """Outputs of the classification head the trainer builds (one score for regression and reward models)."""
+    if spec.task.type in SCALAR_TASKS:
+        return 1
     return len(spec.task.labels) or 2
+
+
+def reference_bytes(spec: FineTuneJobSpec, tensors: list[Tensor]) -> tuple[int, int]:
+    """(bytes of the frozen reference copy, its bytes per GPU) for DPO and KTO without an adapter, else zeros.
+
+    TRL copies the model as loaded; DeepSpeed casts the copy to 16-bit, and ZeRO-3 or FSDP shard it
+    like the model itself."""
+    if spec.task.type not in REFERENCE_TASKS or spec.method.type in ADAPTER_METHODS:
+        return 0, 0
+    strategy = resolve_strategy(spec)
+    if strategy == "deepspeed" and resolved_precision(spec) != "fp32":
+        copy = sum(t.numel * 2 for t in tensors)
+    else:
+        copy = sum(t.nbytes for t in tensors)
+    per_gpu = copy
+    if strategy == "deepspeed" and shards_parameters(spec):
+        per_gpu = copy // world_size(spec)
+    elif strategy == "fsdp":
+        fsdp = spec.distributed.fsdp
+        sharding = fsdp.sharding_strategy if fsdp else "full_shard"
+        if sharding != "no_shard":
+            per_gpu = copy // (spec.resources.gpus_per_node if sharding == "hybrid_shard" else world_size(spec))
+    return copy, per_gpu
 
 
 def resolved_precision(spec: FineTuneJobSpec) -> str:
@@ -277,7 +314,8 @@ def estimate_memory(spec: FineTuneJobSpec, config: Mapping[str, Any]) -> Estimat
         weights = sum(t.numel * half if not t.quantised and t.dtype == "float32" else t.nbytes for t in tensors)
         grads = sum(t.numel * half for t in trainable)
         optim = sum(optimizer_state_bytes(Tensor(t.shape, "float32", True), optimizer) + t.numel * 4 for t in trainable)
-    states = Breakdown(weights, grads, optim, 0, 0)
+    reference, reference_per_gpu = reference_bytes(spec, tensors)
+    states = Breakdown(weights + reference, grads, optim, 0, 0)
 
     largest = shape.largest_layer() * 2  # one gathered layer in 16-bit
     step_bytes = sum(t.nbytes for t in trainable)  # what the optimizer step updates on this GPU
@@ -300,6 +338,7 @@ def estimate_memory(spec: FineTuneJobSpec, config: Mapping[str, Any]) -> Estimat
             grads //= shard
             keep = 0 if fsdp and fsdp.offload_params else weights // shard
             weights = keep + (2 * largest if sharding != "shard_grad_op" else weights - weights // shard)
+    weights += reference_per_gpu
     activations = activation_bytes(spec, shape, precision)
     step = overhead_bytes(spec, step_bytes)
     overhead = step

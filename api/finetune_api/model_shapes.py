@@ -38,6 +38,12 @@ class UnknownArchitecture(EstimateUnavailable):
     """The config names an architecture the estimator has no shape table for."""
 
 
+# Tasks whose model is AutoModelForCausalLM (a language-model head over the vocabulary).
+LM_HEAD_TASKS = ("causal-lm", "preference", "orpo", "kto")
+# Tasks whose model is AutoModelForSequenceClassification with one output (a score or a reward).
+SCALAR_TASKS = ("regression", "reward-modeling")
+
+
 @dataclass(frozen=True)
 class Param:
     """One parameter tensor of the model."""
@@ -155,7 +161,7 @@ def _encoder_params(c: Mapping[str, Any], task: str, labels: int) -> list[Param]
         params += _linear(f"{base}.intermediate.dense", h, inter, True)
         params += _linear(f"{base}.output.dense", inter, h, True)
         params += _norm(f"{base}.output.LayerNorm", h, True)
-    if task == "sequence-classification":
+    if task == "sequence-classification" or task in SCALAR_TASKS:
         if prefix == "bert":  # BertForSequenceClassification classifies the pooled [CLS] vector
             params += _linear("bert.pooler.dense", h, h, True)
             params += _linear("classifier", h, labels, True, head=True)
@@ -197,11 +203,11 @@ def _decoder_params(c: Mapping[str, Any], task: str, labels: int) -> list[Param]
         params += _linear(f"{base}.mlp.down_proj", inter, h, mlp_bias)
         params += _norm(f"{base}.input_layernorm", h, False) + _norm(f"{base}.post_attention_layernorm", h, False)
     params += _norm(f"{body}.norm", h, False)
-    if task in ("causal-lm", "preference"):
+    if task in LM_HEAD_TASKS:
         if not c.get("tie_word_embeddings", False):
             # The output embeddings: never quantised (bitsandbytes keeps lm_head in full precision).
             params += _linear("lm_head", h, vocab, False, quant=False)
-    elif task == "sequence-classification":
+    elif task == "sequence-classification" or task in SCALAR_TASKS:
         params += _linear("score", h, labels, False, head=True)
     elif task == "token-classification":
         params += _linear("score", h, labels, True, head=True)
@@ -244,5 +250,5 @@ def model_shape(config: Mapping[str, Any], task: str, labels: int = 2) -> ModelS
         gated_mlp=family == "decoder",
         params=tuple(params),
         dtype=_config_dtype(config),
-        logits_over_vocab=task in ("causal-lm", "preference"),
+        logits_over_vocab=task in LM_HEAD_TASKS,
     )

@@ -277,3 +277,72 @@ def test_ia3_without_a_default_for_the_architecture_is_refused_not_guessed() -> 
     assert estimate_memory(spec, config).trainable > 0  # roberta has peft's default modules
     with pytest.raises(EstimateUnavailable, match=r"method\.ia3\.targetModules: no default modules for model type"):
         estimate_memory(spec, {**config, "model_type": "xlm-roberta"})
+
+
+# ---- the tasks beyond the seed's: scalar heads, pairwise batches, reference copies ----
+
+NEW_TASK_CLASSES = {
+    "regression": ("AutoModelForSequenceClassification", 1),
+    "reward-modeling": ("AutoModelForSequenceClassification", 1),
+    "orpo": ("AutoModelForCausalLM", None),
+    "kto": ("AutoModelForCausalLM", None),
+}
+
+
+@pytest.mark.parametrize("family", ["bert", "llama", "llama-tied", "qwen3"])
+@pytest.mark.parametrize("task", list(NEW_TASK_CLASSES))
+def test_shape_table_of_the_added_tasks_matches_transformers(family: str, task: str) -> None:
+    import torch
+    import transformers
+
+    auto, labels = NEW_TASK_CLASSES[task]
+    config = _config(family, "sequence-classification")
+    if config.model_type == "bert" and auto == "AutoModelForCausalLM":
+        pytest.skip("encoders are not causal LMs")
+    config.num_labels = labels or 2
+    with torch.device("meta"):
+        model = getattr(transformers, auto).from_config(config)
+    real = {name: tuple(p.shape) for name, p in model.named_parameters()}
+    ours = {p.name: p.shape for p in model_shape(config.to_dict(), task, labels=labels or 2).params}
+    assert ours == real
+
+
+@pytest.mark.parametrize("method", [{"type": "full"}, {"type": "lora", "lora": {"r": 4}}], ids=["full", "lora"])
+@pytest.mark.parametrize("task", ["regression", "reward-modeling"])
+def test_scalar_head_tasks_model_states_are_exact(tiny_bert: Path, task: str, method: dict[str, Any]) -> None:
+    import torch
+
+    spec = parse_spec(tiny.spec_dict(tiny_bert, {"type": task}, {"train": "x.jsonl"}, method, optimizer="adamw_torch"))
+    inputs = {"input_ids": torch.tensor([[101, 2204, 3185, 102]] * 2), "labels": torch.tensor([0.2, 0.9])}
+    _check(spec, tiny_bert, inputs)
+
+
+@pytest.mark.parametrize("task", ["orpo", "kto", "reward-modeling"])
+def test_decoder_alignment_tasks_model_states_are_exact(tiny_llama: Path, task: str) -> None:
+    import torch
+
+    method = {"type": "lora", "lora": {"r": 4}}
+    files = {"train": "x.jsonl"}
+    spec = parse_spec(tiny_causal.causal_spec(tiny_llama, {"type": task}, files, method, optimizer="adamw_torch"))
+    ids = torch.tensor([[5, 6, 7, 8, 9, 10]] * 2)
+    labels = torch.tensor([0.1, 0.7]) if task == "reward-modeling" else ids
+    _check(spec, tiny_llama, {"input_ids": ids, "labels": labels})
+
+
+@pytest.mark.parametrize("task", ["preference", "kto"])
+def test_a_reference_policy_is_a_frozen_copy_only_without_an_adapter(tiny_llama: Path, task: str) -> None:
+    """DPO and KTO full fine-tuning keep TRL's frozen copy of the model; with LoRA the reference is the base with
+    the adapter off (no second model). ORPO has no reference at all."""
+    from finetune_trainer.memory import parameter_bytes
+
+    def estimate(task: str, method: dict[str, Any]) -> Any:
+        spec = parse_spec(tiny_causal.causal_spec(tiny_llama, {"type": task}, {"train": "x.jsonl"}, method))
+        return spec, estimate_memory(spec, _config_of(tiny_llama))
+
+    spec, full = estimate(task, {"type": "full"})
+    policy = parameter_bytes(_prepared(spec, tiny_llama))
+    assert full.model_states.weights == 2 * policy and full.per_gpu.weights == 2 * policy
+    spec, lora = estimate(task, {"type": "lora", "lora": {"r": 4}})
+    assert lora.model_states.weights == parameter_bytes(_prepared(spec, tiny_llama))
+    _, orpo = estimate("orpo", {"type": "full"})
+    assert orpo.model_states.weights == policy
