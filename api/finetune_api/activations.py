@@ -153,6 +153,8 @@ def layer_bytes_per_token(spec: FineTuneJobSpec, shape: ModelShape, precision: s
         qkv_in = any(saves(x) for x in ("query", "key", "value"))
         total += a * (h * qkv_in + 4 * h + h * saves("dense") + h * saves("dense") + 2 * i)
         total += 2 * h  # dropout masks after attention and MLP
+    if spec.method.type == "ia3":
+        total += a * _ia3_saved(spec, shape)
     opts = spec.method.lora or LoraOptions()
     if spec.method.type in ("lora", "qlora") and opts.dropout > 0:
         from finetune_api.estimate import lora_targets
@@ -160,6 +162,15 @@ def layer_bytes_per_token(spec: FineTuneJobSpec, shape: ModelShape, precision: s
         adapted = len(lora_targets(spec, shape))
         total += adapted * (a * h + h)  # each adapter's dropped-out input and its mask
     return total
+
+
+def _ia3_saved(spec: FineTuneJobSpec, shape: ModelShape) -> int:
+    """Values per token one layer's IA3 vectors keep for their own gradients: a feed-forward vector scales its
+    layer's input and keeps it (in_features), the others scale the output and keep that (out_features)."""
+    from finetune_api.peft_shapes import ia3_vectors
+
+    kept = sum(n_in if n_out == 1 else n_out for n_out, n_in in ia3_vectors(spec, shape))
+    return kept // shape.layers
 
 
 def _autocast_copies(spec: FineTuneJobSpec, shape: ModelShape, precision: str) -> int:

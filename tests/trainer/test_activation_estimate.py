@@ -3,7 +3,8 @@
 A forward pass in training mode runs under ``saved_tensors_hooks``, which sees every tensor autograd saves
 for the backward pass; their storages (each counted once, parameters left out) plus the logits the
 output keeps alive are what the estimate's ``forward_bytes`` models. Llama-shaped model, scaled dot-product
-attention (CPU flash kernel: no sequence x sequence scores), full fine-tuning and LoRA.
+attention (CPU flash kernel: no sequence x sequence scores), full fine-tuning, LoRA, IA3 and the virtual-token
+methods.
 """
 
 from __future__ import annotations
@@ -29,11 +30,25 @@ CONFIG = {
 }
 BATCH, LENGTH = 4, 128
 LORA = {"r": 8, "targetModules": ["q_proj", "v_proj"], "dropout": 0.0}
+# The same settings as the peft configs in _model.
+VIRTUAL_TOKENS: dict[str, dict[str, Any]] = {
+    "prompt-tuning": {"promptTuning": {"numVirtualTokens": 20}},
+    "prefix-tuning": {"prefixTuning": {"numVirtualTokens": 20}},
+    "p-tuning": {"pTuning": {"numVirtualTokens": 20, "encoderHiddenSize": 128}},
+}
 
 
 def _model(method: str) -> Any:
     import torch
-    from peft import LoraConfig, get_peft_model
+    from peft import (
+        IA3Config,
+        LoraConfig,
+        PrefixTuningConfig,
+        PromptEncoderConfig,
+        PromptTuningConfig,
+        TaskType,
+        get_peft_model,
+    )
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
@@ -41,6 +56,15 @@ def _model(method: str) -> Any:
     model = LlamaForCausalLM(LlamaConfig(**config, attn_implementation="sdpa")).train()
     if method == "lora":
         model = get_peft_model(model, LoraConfig(r=8, target_modules=["q_proj", "v_proj"], lora_dropout=0.0))
+    elif method == "ia3":  # peft's defaults for llama: k_proj, v_proj, down_proj (feed-forward)
+        model = get_peft_model(model, IA3Config(task_type=TaskType.CAUSAL_LM))
+    elif method == "prompt-tuning":
+        model = get_peft_model(model, PromptTuningConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=20))
+    elif method == "prefix-tuning":
+        model = get_peft_model(model, PrefixTuningConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=20))
+    elif method == "p-tuning":
+        config = PromptEncoderConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=20, encoder_hidden_size=128)
+        model = get_peft_model(model, config)
     return model
 
 
@@ -65,14 +89,15 @@ def _measured(model: Any) -> int:
     return sum(saved.values())
 
 
-@pytest.mark.parametrize("method", ["full", "lora"])
+@pytest.mark.parametrize("method", ["full", "lora", "ia3", "prompt-tuning", "prefix-tuning", "p-tuning"])
 def test_forward_activations_within_ten_percent_of_autograd(method: str) -> None:
+    options = {"lora": {"lora": LORA}, **VIRTUAL_TOKENS}.get(method, {})
     spec = parse_spec(
         {
             "model": {"name": "m"},
             "task": {"type": "causal-lm", "format": "text"},
             "dataset": {"name": "d"},
-            "method": {"type": method, **({"lora": LORA} if method == "lora" else {})},
+            "method": {"type": method, **options},
             "training": {"batchSizePerDevice": BATCH, "maxSeqLength": LENGTH, "precision": "fp32"},
             "resources": {"gpusPerNode": 1},
         }
