@@ -50,7 +50,8 @@ HEAD_TASKS = ("sequence-classification", "token-classification", "question-answe
 # reference is the same network with the adapter switched off: finetune_trainer/tasks/preference.py).
 REFERENCE_TASKS = ("preference", "kto")
 ADAPTER_METHODS = ("lora", "qlora", "prompt-tuning", "ia3", "prefix-tuning", "p-tuning")
-TRL_TASKS = ("causal-lm", "preference")  # trained by TRL's trainers
+# Trained by TRL trainers that cast a quantised model's trainable parameters to bfloat16 (ORPO's does not).
+TRL_TASKS = ("causal-lm", "preference", "kto", "reward-modeling")
 QUANT_BLOCK = 64  # values per 4-bit scale (bitsandbytes' default blocksize)
 NESTED_BLOCK = 256  # 8-bit scales per float32 scale of the nested (double) quantisation
 OPTIM8_BLOCK = 256

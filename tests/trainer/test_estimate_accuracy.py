@@ -232,10 +232,16 @@ def test_qlora_tensors_are_4bit_where_transformers_quantises(tiny_llama: Path) -
     assert sum(t.numel for t in tensors if t.quantised) == quantised
 
 
-@pytest.mark.parametrize("method", QLORA_METHODS, ids=["nf4-double-quant", "fp4-dora"])
-def test_qlora_model_states_are_exact_in_a_real_run(tiny_llama: Path, tmp_path: Path, method: dict[str, Any]) -> None:
-    """Through the trainer's own run (TRL casts a quantised model's adapters to bfloat16): measured at the
-    first optimizer step, on the model and optimizer the Trainer holds."""
+@pytest.mark.parametrize(
+    ("task", "method"),
+    [("causal-lm", QLORA_METHODS[0]), ("causal-lm", QLORA_METHODS[1]), ("reward-modeling", QLORA_METHODS[0])],
+    ids=["nf4-double-quant", "fp4-dora", "reward-model-nf4"],
+)
+def test_qlora_model_states_are_exact_in_a_real_run(
+    tiny_llama: Path, tmp_path: Path, task: str, method: dict[str, Any]
+) -> None:
+    """Through the trainer's own run (TRL casts a quantised model's adapters to bfloat16, and the reward model's
+    score head copy too): measured at the first optimizer step, on the model and optimizer the Trainer holds."""
     from transformers import TrainerCallback
 
     from finetune_trainer import engine
@@ -253,12 +259,10 @@ def test_qlora_model_states_are_exact_in_a_real_run(tiny_llama: Path, tmp_path: 
         def on_optimizer_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
             seen.setdefault("optimizer", optimizer_state_bytes(kwargs["optimizer"]))
 
-    train = tiny.write_jsonl(tmp_path / "train.jsonl", tiny_causal.text_rows(8))
-    spec = parse_spec(
-        tiny_causal.causal_spec(
-            tiny_llama, {"type": "causal-lm", "format": "text"}, {"train": str(train)}, method, maxSteps=1
-        )
-    )
+    rows = tiny_causal.text_rows(8) if task == "causal-lm" else tiny_causal.preference_rows(8)
+    train = tiny.write_jsonl(tmp_path / "train.jsonl", rows)
+    task_spec = {"type": task, **({"format": "text"} if task == "causal-lm" else {})}
+    spec = parse_spec(tiny_causal.causal_spec(tiny_llama, task_spec, {"train": str(train)}, method, maxSteps=1))
     engine.train(spec, tmp_path / "out", callbacks=[Measure()])
     estimate = estimate_memory(spec, _config_of(tiny_llama))
     assert seen["counts"] == (estimate.trainable, estimate.total)

@@ -42,7 +42,7 @@ DPO_RATES = {
     "p-tuning": 1e-2,
     "prefix-tuning": 1e-2,
 }
-REWARD_RATES = {"full": 1e-3, "feature-extraction": 3e-2, "lora": 1e-2}
+REWARD_RATES = {"full": 1e-3, "feature-extraction": 3e-2, "lora": 1e-2, "qlora": 1e-2}
 SEQ2SEQ_RATES = {"full": 3e-3, "lora": 3e-2}
 # ORPO and KTO: the DPO rates; KTO runs both reference paths (adapter off, frozen copy), ORPO has none.
 ALIGNMENT_CASES = {"orpo": ("lora",), "kto": ("full", "lora")}
@@ -80,7 +80,7 @@ CASES = [
     ),
     *[Case("causal-lm", m) for m in NEW_METHODS],
     *[Case("preference", m) for m in ("full", "lora", "qlora", "prompt-tuning", *NEW_METHODS)],
-    *[Case("reward-modeling", m) for m in ("full", "feature-extraction", "lora")],
+    *[Case("reward-modeling", m) for m in ("full", "feature-extraction", "lora", "qlora")],
     Case("preference", "lora", "chat"),
     # Summarisation on a tiny T5, with a test file: generation and ROUGE at evaluation.
     *[Case("seq2seq", m) for m in SEQ2SEQ_RATES],
@@ -268,13 +268,14 @@ def test_reloaded_model_gives_the_same_logits(trained: Trained) -> None:
     # float32 and bitsandbytes evaluates with its CPU inference kernel: equal up to bfloat16 rounding ...
     torch.testing.assert_close(reloaded, trained.in_memory, rtol=5e-2, atol=5e-2)
     # ... and exactly equal when the reloaded model computes as the trained one did.
-    from finetune_trainer.methods.qlora import keep_cpu_weights_trainable
+    from finetune_trainer.methods.qlora import cast_inputs_of_trained_copies, keep_cpu_weights_trainable
 
     again = engine.load_for_inference(trained.output_dir).model
     keep_cpu_weights_trainable(again)
     for name, param in again.named_parameters():
-        if "lora_" in name:
+        if "lora_" in name or "modules_to_save" in name:  # the reward model's score head trained in bfloat16 too
             param.data = param.data.to(torch.bfloat16)
+    cast_inputs_of_trained_copies(again)
     torch.testing.assert_close(probe_logits(again, loaded.tokenizer), trained.in_memory, rtol=0, atol=0)
 
 

@@ -74,6 +74,34 @@ def keep_cpu_weights_trainable(model: nn.Module) -> None:
             setattr(module, "support_avx512bf16_for_cpu", False)  # noqa: B010 (a bitsandbytes attribute)
 
 
+def cast_inputs_of_trained_copies(peft_model: nn.Module) -> None:
+    """Feed each ``modules_to_save`` copy (a task head, an output layer) its input in the copy's own dtype.
+
+    TRL's trainers cast every trainable parameter of a quantised model to bfloat16, the copies included.
+    LoRA layers cast their input to the adapter's dtype; a copy is a plain layer and does not, so without a
+    16-bit autocast (``precision: fp32``, or a CPU) its float32 input meets a bfloat16 weight and the
+    matmul fails ("expected m1 and m2 to have the same dtype"). Under autocast the cast changes nothing.
+    """
+    from peft.utils.other import ModulesToSaveWrapper
+
+    for wrapper in peft_model.modules():
+        if isinstance(wrapper, ModulesToSaveWrapper):
+            for copy in wrapper.modules_to_save.values():
+                copy.register_forward_pre_hook(_input_in_weight_dtype)
+
+
+def _input_in_weight_dtype(module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
+    import torch
+
+    weight = getattr(module, "weight", None)
+    if not isinstance(weight, torch.Tensor) or not weight.is_floating_point():
+        return args
+    return tuple(
+        a.to(weight.dtype) if isinstance(a, torch.Tensor) and a.is_floating_point() and a.dtype != weight.dtype else a
+        for a in args
+    )
+
+
 class QloraMethod(LoraMethod):
     """4-bit base (bitsandbytes) + LoRA; the adapter, its fingerprint, its saved artifact and its OLoRA
     conversion (start/finish) are lora's."""
@@ -133,6 +161,7 @@ class QloraMethod(LoraMethod):
                 gradient_checkpointing_kwargs={"use_reentrant": False},
             )
         peft_model = attach_adapter(model, self.peft_config(spec, model, task_type), "method.lora.targetModules")
+        cast_inputs_of_trained_copies(peft_model)
         if spec.method.lora is not None and spec.method.lora.init_lora_weights == "loftq":
             loftq_init(peft_model)
         return peft_model
