@@ -20,7 +20,7 @@ from tests.cluster.fixture import Kube
 from tests.fuzz.oracle import REFUSED_API, TALLY, Tally, judge_api
 from tests.fuzz.profiles import cases
 from tests.fuzz.spec_cases import SpecCase, mutated_specs, refused_pairs
-from tests.integration.operator_process import OperatorProcess, crds, operator, wait_for  # noqa: F401
+from tests.integration.operator_process import OperatorProcess, wait_for
 from tests.invalid_specs import BASE
 
 pytestmark = pytest.mark.cluster
@@ -62,18 +62,18 @@ def check_against_api_server(kube: Kube, case: SpecCase) -> None:
 
 @cases(40)
 @given(data=st.data())
-def test_the_api_server_and_our_validation_agree_on_generated_specs(crds: Kube, data: Any) -> None:  # noqa: F811
+def test_the_api_server_and_our_validation_agree_on_generated_specs(crds: Kube, data: Any) -> None:
     check_against_api_server(crds, data.draw(mutated_specs([SEED])))
 
 
 @cases(8)
 @given(data=st.data())
-def test_the_api_server_refuses_every_unsupported_task_method_pair(crds: Kube, data: Any) -> None:  # noqa: F811
+def test_the_api_server_refuses_every_unsupported_task_method_pair(crds: Kube, data: Any) -> None:
     check_against_api_server(crds, data.draw(refused_pairs(SEED)))
 
 
 def test_the_operator_keeps_reconciling_beside_generated_jobs(
-    operator: OperatorProcess,  # noqa: F811
+    operator: OperatorProcess,
     kube_namespace: str,
 ) -> None:
     """Admitted but odd specs (in-range values everywhere) do not stop the operator or the good job beside them."""

@@ -172,6 +172,9 @@ def test_job_runs_to_succeeded_with_children_conditions_and_events(
     }
     assert all(n.startswith("gpu-") or "gpu" in n for n in nodes), nodes
     wait_for("events", lambda: {"Created", "Started", "Succeeded"} <= set(events(kube, ns, "ok")), timeout=20)
+    # Only what a user should read: kopf's log lines ("Handler 'reconcile' succeeded.") stay in the operator's
+    # log, not in Events (kopf's settings.posting.loggers stays off).
+    assert "Logging" not in events(kube, ns, "ok"), events(kube, ns, "ok")
     table = kube.kubectl("get", "ftj", "ok", "-n", ns).stdout
     header = table.splitlines()[0].split()
     assert header[:6] == ["NAME", "PHASE", "PROGRESS", "TASK", "METHOD", "NODES×GPUS"], table
