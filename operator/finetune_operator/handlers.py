@@ -136,6 +136,7 @@ def _sync_status(
             timestamp=now(),
             last_failure=last_failure,
             preflight=preflight,
+            previous=known.status,
         )
         patch = status_patch(known.status, new)
         if patch is not None:

@@ -72,8 +72,11 @@ def job_failed(job: dict[str, Any] | None) -> bool:
     return job is not None and _job_condition(job, "Failed") is not None
 
 
-def _job_state(name: str, nodes: int, job: dict[str, Any], restarts: int, last_failure: str | None) -> _State:
-    """What the Job shows, as one of the states of _CONDITIONS (``last_failure``: pod_failure_reason's)."""
+def _job_state(
+    name: str, nodes: int, job: dict[str, Any], restarts: int, last_failure: str | None, was_running: bool = False
+) -> _State:
+    """What the Job shows, as one of the states of _CONDITIONS (``last_failure``: pod_failure_reason's;
+    ``was_running``: the status read Running before, with no restart since)."""
     js = job.get("status") or {}
     if _job_condition(job, "Complete") is not None:
         return _State("Succeeded", "Succeeded", "Completed", "training finished")
@@ -100,6 +103,11 @@ def _job_state(name: str, nodes: int, job: dict[str, Any], restarts: int, last_f
     if ready > 0:
         after = f" after {restarts} restarts" if restarts else ""
         return _State("Running", "Running", "PodsRunning", f"training on {ready}/{nodes} pods{after}")
+    active = int(js.get("active") or 0)
+    if was_running and active > 0:
+        # The trainers exited and the kubelet marked the pods not ready before the Job controller counted
+        # them (seen on the real node at the end of the demo): still running, not waiting for pods again.
+        return _State("Running", "Running", "PodsNotReady", f"{active}/{nodes} pods running, none ready (finishing)")
     # No pod count here: each count would be one more status write (and watch event) per job.
     message = f"waiting for {nodes} pods to be scheduled and started"
     return _State("Pending", "Pending", "PodsPending", message)
@@ -117,6 +125,7 @@ def desired_status(
     timestamp: str = "",
     last_failure: str | None = None,
     preflight: str | None = None,
+    previous: dict[str, Any] | None = None,
 ) -> FineTuneJobStatus:
     """The operator's part of the status for the current state (condition times set to ``timestamp``).
 
@@ -124,7 +133,9 @@ def desired_status(
     the API server could not refuse, which stall the job with the field path and fix; ``waiting_for``
     are objects the preflight found missing, which stall it until they exist (phase stays Pending);
     ``last_failure`` (:func:`pod_failure_reason`) is why the last pod failed, told in a failed job's message;
-    ``preflight`` is what the preflight pod is checking while it runs (phase Pending, reason Preflight).
+    ``preflight`` is what the preflight pod is checking while it runs (phase Pending, reason Preflight);
+    ``previous`` is the status as last written (a running job whose pods turn not ready as they exit stays
+    Running unless a pod failed since).
     observedGeneration is the generation the Job reflects: it moves once a spec change is
     applied to the Job, not when the change is made.
     """
@@ -149,7 +160,9 @@ def desired_status(
         # have decided (FailureTarget) before the count catches up, and the count must not lag the phase.
         uncounted = len((js.get("uncountedTerminatedPods") or {}).get("failed") or [])
         restarts = previous_failures(job) + int(js.get("failed") or 0) + uncounted
-        state = _job_state(name, nodes, job, restarts, last_failure)
+        prev = previous or {}
+        was_running = prev.get("phase") == "Running" and restarts <= int(prev.get("restarts") or 0)
+        state = _job_state(name, nodes, job, restarts, last_failure, was_running)
         start_time = js.get("startTime")
         if state.phase == "Succeeded":
             complete = _job_condition(job, "Complete") or {}

@@ -223,6 +223,35 @@ def test_the_last_pod_finishing_goes_from_running_to_succeeded_without_pending()
     assert reasons == ["Created", "Started", "Succeeded"]
 
 
+def test_pods_turning_not_ready_as_their_trainers_exit_keep_the_job_running() -> None:
+    """Seen on the real node at the end of the demo: both trainers exited, the kubelet marked the pods not ready,
+    and the Job controller had counted neither yet (active 2, ready 0). That read Pending between Running and
+    Succeeded; with the status as last written it stays Running. A job never seen running still reads Pending,
+    and so does one whose pod failed since (its replacement waits to be scheduled)."""
+
+    def status(job: dict[str, Any], previous: dict[str, Any] | None) -> dict[str, Any]:
+        typed = desired_status(
+            name="j", generation=4, nodes=2, gpus_per_node=8, job=job, timestamp="t0", previous=previous
+        )
+        return wire(typed)
+
+    updates = [
+        _job(active=2, ready=2, startTime="t0"),
+        _job(active=2, ready=0, startTime="t0"),  # both trainers exited, not counted yet
+        _job(active=0, ready=0, succeeded=2, startTime="t0", conditions=[{"type": "SuccessCriteriaMet"}]),
+        _job(succeeded=2, completionTime="t1", conditions=[{"type": "SuccessCriteriaMet"}, {"type": "Complete"}]),
+    ]
+    previous: dict[str, Any] = {}
+    phases = []
+    for job in updates:
+        previous = status(job, previous)
+        phases.append(previous["phase"])
+    assert phases == ["Running", "Running", "Running", "Succeeded"]
+    assert status(_job(active=2, ready=0, startTime="t0"), None)["phase"] == "Pending"  # never seen running
+    restarted = _job(active=2, ready=0, failed=1, startTime="t0")
+    assert status(restarted, {"phase": "Running", "restarts": 0})["phase"] == "Pending"  # a pod failed since
+
+
 def test_a_job_the_controller_marked_to_fail_is_failed_while_its_pods_terminate() -> None:
     job = _job(active=0, ready=0, failed=4, conditions=[{"type": "FailureTarget", "reason": "BackoffLimitExceeded"}])
     status = _status(job)
