@@ -158,15 +158,20 @@ def reference_bytes(spec: FineTuneJobSpec, tensors: list[Tensor]) -> tuple[int, 
         copy = sum(t.numel * 2 for t in tensors)
     else:
         copy = sum(t.nbytes for t in tensors)
-    per_gpu = copy
-    if strategy == "deepspeed" and shards_parameters(spec):
-        per_gpu = copy // world_size(spec)
-    elif strategy == "fsdp":
-        fsdp = spec.distributed.fsdp
-        sharding = fsdp.sharding_strategy if fsdp else "full_shard"
-        if sharding != "no_shard":
-            per_gpu = copy // (spec.resources.gpus_per_node if sharding == "hybrid_shard" else world_size(spec))
-    return copy, per_gpu
+    if strategy == "deepspeed":
+        return copy, copy // world_size(spec) if shards_parameters(spec) else copy
+    if strategy == "fsdp":
+        sharding, shard = fsdp_sharding(spec)
+        # Like the policy's weights: held sharded, but whole under shard_grad_op and no_shard.
+        return copy, copy // shard if sharding in ("full_shard", "hybrid_shard") else copy
+    return copy, copy
+
+
+def fsdp_sharding(spec: FineTuneJobSpec) -> tuple[str, int]:
+    """FSDP's sharding strategy and the ranks it shards over (a node's GPUs for hybrid_shard, else all)."""
+    fsdp = spec.distributed.fsdp
+    sharding = fsdp.sharding_strategy if fsdp else "full_shard"
+    return sharding, spec.resources.gpus_per_node if sharding == "hybrid_shard" else world_size(spec)
 
 
 def resolved_precision(spec: FineTuneJobSpec) -> str:
@@ -331,8 +336,7 @@ def estimate_memory(spec: FineTuneJobSpec, config: Mapping[str, Any]) -> Estimat
             weights = (0 if off_par else weights // n) + 2 * largest
     elif strategy == "fsdp":
         fsdp = spec.distributed.fsdp
-        sharding = fsdp.sharding_strategy if fsdp else "full_shard"
-        shard = spec.resources.gpus_per_node if sharding == "hybrid_shard" else n
+        sharding, shard = fsdp_sharding(spec)
         if sharding != "no_shard":
             step_bytes //= shard
             optim //= shard

@@ -350,3 +350,25 @@ def test_a_reference_policy_is_a_frozen_copy_only_without_an_adapter(tiny_llama:
     assert lora.model_states.weights == parameter_bytes(_prepared(spec, tiny_llama))
     _, orpo = estimate("orpo", {"type": "full"})
     assert orpo.model_states.weights == policy
+
+
+@pytest.mark.parametrize(
+    ("distributed", "divisor"),
+    [
+        ({"strategy": "ddp"}, 1),
+        ({"strategy": "deepspeed", "deepspeed": {"stage": 2}}, 1),
+        ({"strategy": "deepspeed", "deepspeed": {"stage": 3}}, 4),
+        ({"strategy": "fsdp", "fsdp": {"shardingStrategy": "full_shard"}}, 4),
+        ({"strategy": "fsdp", "fsdp": {"shardingStrategy": "shard_grad_op"}}, 1),
+    ],
+    ids=["ddp", "zero2", "zero3", "fsdp-full", "fsdp-grad-op"],
+)
+def test_the_reference_copy_is_held_per_gpu_as_the_policys_weights_are(
+    tiny_llama: Path, distributed: dict[str, Any], divisor: int
+) -> None:
+    from finetune_api.estimate import reference_bytes
+
+    raw = tiny_causal.causal_spec(tiny_llama, {"type": "preference"}, {"train": "x.jsonl"}, {"type": "full"})
+    spec = parse_spec({**raw, "distributed": distributed, "resources": {**raw["resources"], "gpusPerNode": 4}})
+    copy, per_gpu = reference_bytes(spec, model_tensors(spec, model_shape(_config_of(tiny_llama), "preference")))
+    assert copy > 0 and per_gpu == copy // divisor
