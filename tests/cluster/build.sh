@@ -3,9 +3,9 @@
 #
 # Idempotent: each binary's file name carries its version (and, for our own Go
 # program, a hash of its sources), so a binary that already exists is skipped.
-# Usage: tests/cluster/build.sh [controlplane|kwok|helm|minio|kubectl|node|coredns ...]
-# (default: controlplane kwok helm minio; kubectl only where the machine has none; node
-# and coredns for the real node, tests/cluster/node.sh)
+# Usage: tests/cluster/build.sh [controlplane|kwok|helm|minio|kubectl|node|coredns|registry ...]
+# (default: controlplane kwok helm minio; kubectl only where the machine has none; node,
+# coredns and registry for the real node, tests/cluster/node.sh)
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -138,6 +138,7 @@ for w in "${what[@]}"; do
     print-controlplane) controlplane_target ;;
     node) build_node ;;
     coredns) go_install coredns github.com/coredns/coredns "$COREDNS_VERSION" ;;
+    registry) go_install registry github.com/distribution/distribution/v3/cmd/registry "$REGISTRY_VERSION" ;;
     print-node) node_target ;;
     *) echo "build.sh: unknown target '$w'" >&2; exit 2 ;;
   esac

@@ -52,7 +52,70 @@ ensure_packages() {
   systemctl disable --now containerd >/dev/null 2>&1 || true
 }
 
-# import REF: podman image -> the node's containerd (k8s.io namespace), skipped when present.
+# Images reach containerd through a local registry (distribution's, built from its Go module by
+# build.sh; on 127.0.0.1 only, for the length of an import): podman pushes only the layers the
+# registry lacks and containerd pulls and unpacks only the layers it lacks, so after a code-only
+# change an import moves the few MB that changed. (`podman save | ctr import` wrote and read the
+# whole 7 GB trainer image every time: ~140 s.) The registry's storage is kept beside containerd's.
+registry_root="${FTJ_NODE_REGISTRY_ROOT:-/var/lib/kube-finetune/registry}"
+registry_addr="127.0.0.1:${FTJ_NODE_REGISTRY_PORT:-5155}"
+registry_pid=""
+
+start_registry() {
+  "$here/build.sh" registry
+  mkdir -p "$registry_root/store"
+  # One import at a time on this machine (the address is fixed): wait for another one to end.
+  exec {registry_lock}>"$registry_root/lock"
+  flock "$registry_lock"
+  cat >"$registry_root/config.yml" <<YAML
+version: 0.1
+log: {level: error, accesslog: {disabled: true}}
+storage:
+  filesystem: {rootdirectory: "$registry_root/store"}
+  delete: {enabled: true}
+http: {addr: "$registry_addr"}
+YAML
+  OTEL_TRACES_EXPORTER=none "$bin_dir/registry-$REGISTRY_VERSION" serve "$registry_root/config.yml" \
+    >"$registry_root/registry.log" 2>&1 &
+  registry_pid=$!
+  trap stop_registry EXIT
+  local deadline=$((SECONDS + 30))
+  until (exec 3<>"/dev/tcp/${registry_addr%:*}/${registry_addr#*:}") 2>/dev/null; do
+    kill -0 "$registry_pid" 2>/dev/null || die "the image registry exited: $(tail -n 5 "$registry_root/registry.log")"
+    ((SECONDS < deadline)) || die "the image registry did not listen on $registry_addr in 30 s"
+    sleep 0.2
+  done
+}
+
+stop_registry() {
+  [[ -n "$registry_pid" ]] || return 0
+  kill -TERM "$registry_pid" 2>/dev/null && wait "$registry_pid" 2>/dev/null || true
+  registry_pid=""
+}
+
+# registry_repo REF: localhost/kube-finetune/trainer:ID -> kube-finetune/trainer
+registry_repo() {
+  local name="${1%:*}"
+  echo "${name#*/}"
+}
+
+# collect_registry REF...: in the repositories of these references keep only their tags, then
+# drop every manifest and blob no tag needs (garbage-collect runs with the registry stopped, as
+# it requires).
+collect_registry() {
+  local ref dir repos="$registry_root/store/docker/registry/v2/repositories"
+  for ref in "$@"; do
+    for dir in "$repos/$(registry_repo "$ref")"/_manifests/tags/*; do
+      [[ -d "$dir" && "${dir##*/}" != "${ref##*:}" ]] && rm -rf "$dir"
+    done
+  done
+  "$bin_dir/registry-$REGISTRY_VERSION" garbage-collect --delete-untagged "$registry_root/config.yml" \
+    >"$registry_root/gc.log" 2>&1 || log "registry garbage-collect failed (this costs disk only): $registry_root/gc.log"
+}
+
+# import REF: podman image -> the node's containerd (k8s.io namespace), skipped when present;
+# sets imported=1 when it moved anything.
+imported=0
 import_image() {
   local ref="$1" id
   id="$(CONTAINERS_CONF="$root/scripts/containers.conf" podman image inspect -f '{{.Id}}' "$ref")"
@@ -60,19 +123,32 @@ import_image() {
     log "$ref: already in containerd"
     return
   fi
-  local tmp
-  tmp="$(mktemp -d "${TMPDIR:-/var/tmp}/ftj-import-XXXXXX")"
-  log "$ref: podman save | ctr import"
-  # Uncompressed layers: gzip of the 7 GB trainer image costs podman ~30 s of CPU more than writing
-  # it out (103 s vs 75 s here), and containerd would only decompress them again to unpack.
-  CONTAINERS_CONF="$root/scripts/containers.conf" podman save --quiet --uncompressed --format oci-archive \
-    -o "$tmp/image.tar" "$ref"
-  ctr_ images import --base-name "${ref%:*}" --index-name "$ref" "$tmp/image.tar" >/dev/null
-  rm -rf "$tmp"
-  # Older builds of the same image are only disk now (a running container keeps its snapshot).
+  [[ -n "$registry_pid" ]] || start_registry
+  local staged
+  staged="$registry_addr/$(registry_repo "$ref"):${ref##*:}"
+  log "$ref: podman push, ctr pull (the layers each side lacks)"
+  # zstd: the first push of the 7 GB trainer image compresses it; containerd 1.6 unpacks zstd.
+  CONTAINERS_CONF="$root/scripts/containers.conf" podman push --quiet --tls-verify=false \
+    --compression-format zstd "$ref" "docker://$staged"
+  ctr_ images pull --plain-http "$staged" >/dev/null
+  ctr_ images tag --force "$staged" "$ref" >/dev/null
+  ctr_ images rm "$staged" >/dev/null
+  # Older builds of the same image are only disk now (a running container keeps its snapshot),
+  # and so are the image-ID names the runtime gave them.
   ctr_ images ls -q | grep "^${ref%:*}:" | grep -vx "$ref" | xargs -r ctr --address "$sock" --namespace k8s.io images rm >/dev/null || true
+  remove_orphan_ids
   mkdir -p "$image_root/imported"
   echo "$id" >"$image_root/imported/$(echo "$ref" | tr '/:' '__')"
+  imported=1
+}
+
+# remove_orphan_ids: drop the "sha256:<image id>" names whose image no other name points at.
+remove_orphan_ids() {
+  local named name target
+  named="$(ctr_ images ls | awk 'NR > 1 && $1 !~ /^sha256:/ {print $3}')"
+  ctr_ images ls | awk 'NR > 1 && $1 ~ /^sha256:/ {print $1, $3}' | while read -r name target; do
+    grep -qx "$target" <<<"$named" || ctr_ images rm "$name" >/dev/null || true
+  done
 }
 
 # The sandbox ("pause") image, built here from the pinned release's own pause.c (the Go
@@ -166,6 +242,10 @@ source "$run_dir/cluster.env"
 if [[ "${1:-}" == "import" ]]; then
   shift
   for ref in "$@"; do import_image "$ref"; done
+  if ((imported)); then
+    stop_registry
+    collect_registry "$@"
+  fi
   exit 0
 fi
 
@@ -173,7 +253,7 @@ if [[ "$(cat "$marker" 2>/dev/null)" == "$node_dir" ]] && running kubelet && run
   log "node $node_name already running"
 else
   ensure_packages
-  "$here/build.sh" node coredns
+  "$here/build.sh" node coredns registry
   node_bin="$("$here/build.sh" print-node)"
   stop_node
   rm -rf "$node_dir"
@@ -227,6 +307,7 @@ EOF
   launch containerd containerd --config "$node_dir/containerd/config.toml"
   wait_for "containerd" containerd ctr --address "$sock" version
   import_image "$pause_ref"
+  stop_registry
 
   client_kubeconfig kubelet "system:node:$node_name" system:nodes
   client_kubeconfig kube-proxy system:kube-proxy system:node-proxier
