@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -87,15 +88,22 @@ def download(spec: Any, uri: str, dest: Path) -> Path:
 @contextlib.contextmanager
 def quiet_loading() -> Iterator[None]:
     """transformers' errors only for the block: its load report (the base model's fresh head before the
-    adapter brings the trained one, keys it ignores) says nothing to someone asking for predictions."""
+    adapter brings the trained one, keys it ignores), its "Loading weights" progress bar and the libraries'
+    deprecation notices (FutureWarning) say nothing to someone asking for predictions."""
     from transformers.utils import logging as hf_logging
 
     level = hf_logging.get_verbosity()
+    bars = hf_logging.is_progress_bar_enabled()
     hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
     try:
-        yield
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            yield
     finally:
         hf_logging.set_verbosity(level)
+        if bars:
+            hf_logging.enable_progress_bar()
 
 
 def load(spec: Any, directory: Path, merged: bool) -> tuple[Any, Any]:

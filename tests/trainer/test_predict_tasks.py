@@ -64,8 +64,11 @@ def test_generation_continues_the_prompt_as_greedy_decoding_does(tmp_path_factor
     assert prompt + generated["generated"] == expected or generated["generated"] == expected
 
 
-def test_loading_for_predict_hides_transformers_load_report_and_restores_its_verbosity(tiny_bert: Path) -> None:
+def test_loading_for_predict_hides_transformers_load_report_and_restores_its_verbosity(
+    tiny_bert: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     import logging
+    import warnings
 
     from transformers import AutoModelForTokenClassification
     from transformers.utils import logging as hf_logging
@@ -77,12 +80,22 @@ def test_loading_for_predict_hides_transformers_load_report_and_restores_its_ver
     root.addHandler(handler)
     before = hf_logging.get_verbosity()
     try:
+        hf_logging.enable_progress_bar()
+        capsys.readouterr()
         AutoModelForTokenClassification.from_pretrained(str(tiny_bert), num_labels=3)
         assert any("LOAD REPORT" in r.getMessage() for r in records)  # a fresh head: the report is logged
+        assert "Loading weights" in capsys.readouterr().err  # and the progress bar is drawn
         records.clear()
-        with quiet_loading():
-            AutoModelForTokenClassification.from_pretrained(str(tiny_bert), num_labels=3)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            with quiet_loading():
+                AutoModelForTokenClassification.from_pretrained(str(tiny_bert), num_labels=3)
+                warnings.warn("a library's deprecation notice", FutureWarning, stacklevel=1)
+            warnings.warn("one after the block", FutureWarning, stacklevel=1)
         assert not [r for r in records if r.levelno < logging.ERROR]
+        assert "Loading weights" not in capsys.readouterr().err
+        assert [str(w.message) for w in caught if issubclass(w.category, FutureWarning)] == ["one after the block"]
         assert hf_logging.get_verbosity() == before
+        assert hf_logging.is_progress_bar_enabled()  # restored
     finally:
         root.removeHandler(handler)
