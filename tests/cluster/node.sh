@@ -66,7 +66,10 @@ start_registry() {
   mkdir -p "$registry_root/store"
   # One import at a time on this machine (the address is fixed): wait for another one to end.
   exec {registry_lock}>"$registry_root/lock"
-  flock "$registry_lock"
+  if ! flock -n "$registry_lock"; then
+    log "waiting for another image import on this machine to end (lock $registry_root/lock)"
+    flock -w 1800 "$registry_lock" || die "another image import held $registry_root/lock for 30 min"
+  fi
   cat >"$registry_root/config.yml" <<YAML
 version: 0.1
 log: {level: error, accesslog: {disabled: true}}
@@ -75,10 +78,11 @@ storage:
   delete: {enabled: true}
 http: {addr: "$registry_addr"}
 YAML
+  # The registry does not inherit the lock: a registry left behind must not hold it.
   OTEL_TRACES_EXPORTER=none "$bin_dir/registry-$REGISTRY_VERSION" serve "$registry_root/config.yml" \
-    >"$registry_root/registry.log" 2>&1 &
+    >"$registry_root/registry.log" 2>&1 {registry_lock}>&- &
   registry_pid=$!
-  trap stop_registry EXIT
+  trap 'stop_registry; unlock_registry' EXIT
   local deadline=$((SECONDS + 30))
   until (exec 3<>"/dev/tcp/${registry_addr%:*}/${registry_addr#*:}") 2>/dev/null; do
     kill -0 "$registry_pid" 2>/dev/null || die "the image registry exited: $(tail -n 5 "$registry_root/registry.log")"
@@ -91,6 +95,17 @@ stop_registry() {
   [[ -n "$registry_pid" ]] || return 0
   kill -TERM "$registry_pid" 2>/dev/null && wait "$registry_pid" 2>/dev/null || true
   registry_pid=""
+}
+
+# unlock_registry: let the next import on this machine go. Closing the descriptor matters as
+# much as the unlock: the daemons the node starts afterwards would inherit it and hold the lock
+# for as long as they run (every later import waited for ever on a fresh machine).
+registry_lock=""
+unlock_registry() {
+  [[ -n "$registry_lock" ]] || return 0
+  flock -u "$registry_lock" 2>/dev/null || true
+  exec {registry_lock}>&-
+  registry_lock=""
 }
 
 # registry_repo REF: localhost/kube-finetune/trainer:ID -> kube-finetune/trainer
@@ -245,6 +260,7 @@ if [[ "${1:-}" == "import" ]]; then
   if ((imported)); then
     stop_registry
     collect_registry "$@"
+    unlock_registry
   fi
   exit 0
 fi
@@ -308,6 +324,7 @@ EOF
   wait_for "containerd" containerd ctr --address "$sock" version
   import_image "$pause_ref"
   stop_registry
+  unlock_registry
 
   client_kubeconfig kubelet "system:node:$node_name" system:nodes
   client_kubeconfig kube-proxy system:kube-proxy system:node-proxier

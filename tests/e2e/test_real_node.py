@@ -7,6 +7,7 @@ filesystem, /workspace and /dev/shm as emptyDirs; ``kubectl logs`` shows the tra
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -55,6 +56,24 @@ def test_node_reports_this_machines_cpu_and_memory_and_no_gpu(kube: Kube, real_n
     # The KWOK GPU nodes stay for the scheduling tests.
     kwok = kube.kubectl_json("get", "nodes", "-l", "type=kwok")["items"]
     assert len(kwok) == int(kube.env["FTJ_KWOK_GPU_NODES"])
+
+
+def test_no_image_import_leaves_the_registry_lock_held(real_node: RealNode) -> None:
+    """The node's daemons must not inherit the import lock (they held it for ever on a fresh machine)."""
+    lock = Path(os.environ.get("FTJ_NODE_REGISTRY_ROOT", "/var/lib/kube-finetune/registry")) / "lock"
+    holders = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            if str(lock) in [os.readlink(fd) for fd in (proc / "fd").iterdir()]:
+                holders.append((proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"))
+        except OSError:  # gone, or not ours to read
+            continue
+    assert holders == []
+    if lock.exists():
+        with lock.open("w") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)  # BlockingIOError if anything holds it
 
 
 @pytest.fixture
