@@ -8,6 +8,7 @@ and the command says which.
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import os
 import warnings
@@ -89,19 +90,24 @@ def download(spec: Any, uri: str, dest: Path) -> Path:
 def quiet_loading() -> Iterator[None]:
     """transformers' errors only for the block: its load report (the base model's fresh head before the
     adapter brings the trained one, keys it ignores), its "Loading weights" progress bar and the libraries'
-    deprecation notices (FutureWarning) say nothing to someone asking for predictions."""
+    deprecation notices (FutureWarning) say nothing to someone asking for predictions; nor does bitsandbytes'
+    notice, when peft imports it on a CPU with AVX512-BF16, that an optional CPU kernel package is missing."""
     from transformers.utils import logging as hf_logging
 
     level = hf_logging.get_verbosity()
     bars = hf_logging.is_progress_bar_enabled()
+    bnb = logging.getLogger("bitsandbytes")
+    bnb_level = bnb.level
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
+    bnb.setLevel(logging.ERROR)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
             yield
     finally:
         hf_logging.set_verbosity(level)
+        bnb.setLevel(bnb_level)
         if bars:
             hf_logging.enable_progress_bar()
 

@@ -65,7 +65,7 @@ def test_generation_continues_the_prompt_as_greedy_decoding_does(tmp_path_factor
 
 
 def test_loading_for_predict_hides_transformers_load_report_and_restores_its_verbosity(
-    tiny_bert: Path, capsys: pytest.CaptureFixture[str]
+    tiny_bert: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
 ) -> None:
     import logging
     import warnings
@@ -73,6 +73,7 @@ def test_loading_for_predict_hides_transformers_load_report_and_restores_its_ver
     from transformers import AutoModelForTokenClassification
     from transformers.utils import logging as hf_logging
 
+    bnb_ops = logging.getLogger("bitsandbytes.backends.cpu.ops")  # the logger of its CPU-kernel notice
     records: list[logging.LogRecord] = []
     handler = logging.Handler(logging.DEBUG)
     handler.emit = records.append  # type: ignore[method-assign]
@@ -91,9 +92,13 @@ def test_loading_for_predict_hides_transformers_load_report_and_restores_its_ver
             with quiet_loading():
                 AutoModelForTokenClassification.from_pretrained(str(tiny_bert), num_labels=3)
                 warnings.warn("a library's deprecation notice", FutureWarning, stacklevel=1)
+                bnb_ops.warning("Failed to load CPU gemm_4bit_forward from kernels-community")
             warnings.warn("one after the block", FutureWarning, stacklevel=1)
+            bnb_ops.warning("a bitsandbytes warning after the block")
         assert not [r for r in records if r.levelno < logging.ERROR]
         assert "Loading weights" not in capsys.readouterr().err
+        bnb_said = [r.getMessage() for r in caplog.records if r.name.startswith("bitsandbytes")]
+        assert bnb_said == ["a bitsandbytes warning after the block"]  # the notice in the block is not emitted
         assert [str(w.message) for w in caught if issubclass(w.category, FutureWarning)] == ["one after the block"]
         assert hf_logging.get_verbosity() == before
         assert hf_logging.is_progress_bar_enabled()  # restored
